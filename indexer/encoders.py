@@ -1,0 +1,200 @@
+"""The encoder registry: open_clip models by name + pretrained tag, local file, ``hf-hub:`` or ``local-dir:``.
+
+Every vector that leaves this module is float32 and L2-normalised, so inner product is cosine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import EncoderLoadError
+from .spec import EncoderSpec, fingerprint_path
+
+log = logging.getLogger(__name__)
+
+HOW_TO_SUPPLY_WEIGHTS = (
+    "download the weights once on a machine with internet access and pass them with "
+    "--pretrained /path/to/weights.safetensors (or --model local-dir:/path/to/folder holding "
+    "open_clip_config.json and the weights), or set PHOTODEX_MODEL / PHOTODEX_PRETRAINED"
+)
+
+
+def resolve_device(requested: str = "auto") -> tuple[str, str]:
+    """Pick the torch device and say why, so a GPU that was not used is never a mystery."""
+    cuda_ok = torch.cuda.is_available()
+    if requested == "cpu":
+        return "cpu", "cpu requested"
+    if requested == "cuda":
+        if not cuda_ok:
+            raise EncoderLoadError(
+                f"--device cuda requested but CUDA is not usable: torch {torch.__version__} "
+                f"(built for CUDA {torch.version.cuda}) found {torch.cuda.device_count()} GPU(s); "
+                "check the NVIDIA driver and that the container was started with GPU access"
+            )
+        return "cuda", f"cuda requested: {torch.cuda.get_device_name(0)}"
+    if requested != "auto":
+        raise EncoderLoadError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    if cuda_ok:
+        return "cuda", f"auto: using GPU {torch.cuda.get_device_name(0)}"
+    if torch.version.cuda is None:
+        why = f"torch {torch.__version__} is a CPU-only build"
+    else:
+        why = f"torch {torch.__version__} has CUDA {torch.version.cuda} support but no GPU/driver was found"
+    return "cpu", f"auto: using CPU because {why}"
+
+
+def _autocast_dtype(device: str, precision: str) -> torch.dtype | None:
+    if device != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float16
+
+
+def _is_local_path(value: str | None) -> bool:
+    return bool(value) and Path(str(value)).expanduser().exists()
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    x = x.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return x.cpu().numpy().astype(np.float32, copy=False)
+
+
+class Encoder:
+    """An open_clip model with its preprocessing and tokenizer; ``encode_*`` return unit vectors."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        spec: EncoderSpec,
+        device: str = "cpu",
+        autocast_dtype: torch.dtype | None = None,
+        text_cache_size: int = 4096,
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def logit_scale(self) -> float:
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp().item()) if scale is not None else 100.0
+
+    @property
+    def image_size(self) -> int:
+        size = self.spec.preprocess.get("size", 224)
+        return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device, dtype=self.autocast_dtype)
+
+    def encode_images(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        """Encode PIL images or an already preprocessed batch tensor into unit vectors."""
+        if isinstance(images, torch.Tensor):
+            batch = images
+        else:
+            if len(images) == 0:
+                return np.zeros((0, self.spec.embed_dim), np.float32)
+            batch = torch.stack([self.preprocess(im) for im in images])
+        batch = batch.to(self.device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            feats = self.model.encode_image(batch)
+        return _normalise(feats)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode texts into unit vectors; recently seen texts come from a cache."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.spec.embed_dim), np.float32)
+        missing = [i for i, t in enumerate(texts) if t not in self._text_cache]
+        if missing:
+            todo = list(dict.fromkeys(texts[i] for i in missing))
+            tokens = self.tokenizer(todo).to(self.device)
+            with self._lock, torch.inference_mode(), self._autocast():
+                vecs = _normalise(self.model.encode_text(tokens))
+            for text, vec in zip(todo, vecs):
+                self._text_cache[text] = vec
+                while len(self._text_cache) > self._text_cache_size:
+                    self._text_cache.popitem(last=False)
+        for i, t in enumerate(texts):
+            vec = self._text_cache.get(t)
+            if vec is None:  # evicted within this call (huge batch): encode directly
+                tokens = self.tokenizer([t]).to(self.device)
+                with torch.inference_mode(), self._autocast():
+                    vec = _normalise(self.model.encode_text(tokens))[0]
+            out[i] = vec
+        return out
+
+
+def _build_spec(model_name: str, pretrained: str | None, model: torch.nn.Module) -> EncoderSpec:
+    preprocess = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
+    with torch.inference_mode():
+        dim = int(model.encode_text(torch.zeros(1, _context_length(model), dtype=torch.long)).shape[-1])
+    fingerprint = ""
+    if model_name.startswith("local-dir:"):
+        fingerprint = fingerprint_path(Path(model_name[len("local-dir:"):]).expanduser())
+    elif _is_local_path(pretrained):
+        fingerprint = fingerprint_path(Path(str(pretrained)).expanduser())
+    return EncoderSpec(model_name, pretrained, dim, fingerprint, preprocess)
+
+
+def _context_length(model: torch.nn.Module) -> int:
+    return int(getattr(model, "context_length", None) or 77)
+
+
+def load_encoder(
+    model: str,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Encoder:
+    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    dev, why = resolve_device(device)
+    log.info("encoder device: %s (%s)", dev, why)
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):]).expanduser()
+        model = "local-dir:" + str(folder.resolve())
+        pretrained = None
+    elif pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
+        path = Path(pretrained).expanduser()
+        if not path.exists():
+            raise EncoderLoadError(f"weights file not found: {path}")
+        pretrained = str(path.resolve())
+    try:
+        net = open_clip.create_model(model, pretrained=pretrained, device="cpu", require_pretrained=bool(pretrained))
+    except Exception as exc:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/HF errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". Available:")[0][:400]
+        raise EncoderLoadError(
+            f"could not load encoder model={model!r} pretrained={pretrained!r}: {first}. "
+            f"To use local weights: {HOW_TO_SUPPLY_WEIGHTS}"
+        ) from exc
+    net.eval()
+    spec = _build_spec(model, pretrained, net)
+    net = net.to(dev)
+    preprocess = image_transform_v2(PreprocessCfg(**getattr(net.visual, "preprocess_cfg", {})), is_train=False)
+    tokenizer = open_clip.get_tokenizer(model)
+    return Encoder(net, preprocess, tokenizer, spec, dev, _autocast_dtype(dev, precision))
