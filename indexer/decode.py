@@ -8,6 +8,7 @@ converted to RGB properly; Pillow's decompression-bomb guard stays on.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,6 +139,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode_photo(path: bytes | str, target_size: int | None = None) -> tuple[Image.Image, PhotoFacts]:
     """Open, DCT-scale (JPEG), orient and convert one photo; raise :class:`DecodeError` with a reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
+    except OSError:
+        pass  # reported by the open below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

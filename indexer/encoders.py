@@ -21,6 +21,10 @@ from .spec import EncoderSpec, fingerprint_path
 
 log = logging.getLogger(__name__)
 
+LOCAL_DIR_WEIGHTS = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+)
 HOW_TO_SUPPLY_WEIGHTS = (
     "download the weights once on a machine with internet access and pass them with "
     "--pretrained /path/to/weights.safetensors (or --model local-dir:/path/to/folder holding "
@@ -176,6 +180,10 @@ def load_encoder(
     log.info("encoder device: %s (%s)", dev, why)
     if model.startswith("local-dir:"):
         folder = Path(model[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise EncoderLoadError(f"{folder} holds no open_clip_config.json; {HOW_TO_SUPPLY_WEIGHTS}")
+        if not any((folder / name).is_file() for name in LOCAL_DIR_WEIGHTS):
+            raise EncoderLoadError(f"{folder} holds no weights ({' or '.join(LOCAL_DIR_WEIGHTS)})")
         model = "local-dir:" + str(folder.resolve())
         pretrained = None
     elif pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
@@ -183,6 +191,9 @@ def load_encoder(
         if not path.exists():
             raise EncoderLoadError(f"weights file not found: {path}")
         pretrained = str(path.resolve())
+    if not pretrained and not model.startswith(("local-dir:", "hf-hub:")):
+        log.warning("no pretrained weights for %s: using a seeded random init (useful for tests and benchmarks only)", model)
+        torch.manual_seed(0)  # the same random model in every process, so queries match the index
     try:
         net = open_clip.create_model(model, pretrained=pretrained, device="cpu", require_pretrained=bool(pretrained))
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/HF errors

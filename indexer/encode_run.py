@@ -1,0 +1,164 @@
+"""Encode every pending photo: decode in a worker pool, encode in batches, commit per batch.
+
+Each batch's vectors and statuses land in one transaction, so a run killed at any instant (even
+SIGKILL) leaves only whole batches behind and the next run picks up the rest: no photo is encoded
+twice into the catalog, none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from PIL import Image
+from sqlalchemy import func, select, update
+from torch.utils.data import DataLoader, Dataset
+
+from .catalog_models import ERROR, INDEXED, PENDING, Embedding, Photo, PhotoFile
+from .collection import Collection, encode_vector
+from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
+from .encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+FACT_COLUMNS = [f.name for f in fields(PhotoFacts) if f.name != "extra"]
+
+
+@dataclass
+class EncodeReport:
+    encoded: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def photos_per_second(self) -> float:
+        return (self.encoded + self.errors) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["photos_per_second"] = round(self.photos_per_second, 2)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+class PhotoDataset(Dataset):
+    """Decodes and preprocesses photos in DataLoader workers; failures become error items."""
+
+    def __init__(self, items: list[tuple[int, bytes]], preprocess: Callable[[Image.Image], torch.Tensor],
+                 target_size: int, max_image_pixels: int) -> None:
+        self.items = items
+        self.preprocess = preprocess
+        self.target_size = target_size
+        self.max_image_pixels = max_image_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, PhotoFacts | None, str | None]:
+        Image.MAX_IMAGE_PIXELS = self.max_image_pixels
+        register_heif()
+        photo_id, path = self.items[i]
+        try:
+            img, facts = decode_photo(path, self.target_size)
+            return photo_id, self.preprocess(img), facts, None
+        except DecodeError as exc:
+            return photo_id, None, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - preprocessing of a strange image is a per-photo error
+            return photo_id, None, None, f"cannot preprocess: {type(exc).__name__}: {exc}"
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, PhotoFacts | None, str | None]]) -> dict[str, Any]:
+    ok = [b for b in batch if b[1] is not None]
+    return {
+        "ids": [b[0] for b in ok],
+        "pixels": torch.stack([b[1] for b in ok]) if ok else None,
+        "facts": [b[2] for b in ok],
+        "errors": [(b[0], b[3]) for b in batch if b[1] is None],
+    }
+
+
+def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
+    """(photo id, one readable path) for every photo still waiting for a vector."""
+    with coll.catalog.session() as s:
+        first_file = (
+            select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid"))
+            .where(PhotoFile.photo_id.is_not(None))
+            .group_by(PhotoFile.photo_id)
+            .subquery()
+        )
+        rows = s.execute(
+            select(Photo.id, PhotoFile.path_bytes)
+            .join(first_file, first_file.c.photo_id == Photo.id)
+            .join(PhotoFile, PhotoFile.id == first_file.c.fid)
+            .where(Photo.status == PENDING)
+            .order_by(Photo.id)
+        ).all()
+    return [(int(pid), bytes(path)) for pid, path in rows]
+
+
+def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: int, workers: int,
+                max_image_pixels: int) -> DataLoader:
+    dataset = PhotoDataset(items, encoder.preprocess, encoder.image_size, max_image_pixels)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=encoder.device == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _commit_batch(coll: Collection, batch: dict[str, Any], vectors: Any) -> None:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with coll.catalog.session() as s, s.begin():
+        for photo_id, vec, facts in zip(batch["ids"], vectors, batch["facts"]):
+            s.add(Embedding(photo_id=photo_id, vector=encode_vector(vec)))
+            values = {c: getattr(facts, c) for c in FACT_COLUMNS}
+            s.execute(update(Photo).where(Photo.id == photo_id).values(status=INDEXED, error=None, indexed_at=now, **values))
+        for photo_id, reason in batch["errors"]:
+            s.execute(update(Photo).where(Photo.id == photo_id).values(status=ERROR, error=reason))
+        if batch["ids"]:
+            coll.catalog.bump_generation(s)
+
+
+def encode_pending(
+    coll: Collection,
+    encoder: Encoder,
+    batch_size: int = 64,
+    workers: int = 2,
+    max_image_pixels: int = 178_956_970,
+    progress: Progress | None = None,
+    on_batch_committed: Callable[[int], None] | None = None,
+) -> EncodeReport:
+    """Encode all pending photos of ``coll``; returns counts and throughput."""
+    items = pending_items(coll)
+    report = EncodeReport()
+    if not items:
+        return report
+    start = time.perf_counter()
+    loader = make_loader(items, encoder, batch_size, workers, max_image_pixels)
+    done = 0
+    if progress:
+        progress("encode", 0, len(items))
+    for batch in loader:
+        vectors = encoder.encode_images(batch["pixels"]) if batch["pixels"] is not None else []
+        _commit_batch(coll, batch, vectors)
+        for photo_id, reason in batch["errors"]:
+            log.warning("photo %d skipped: %s", photo_id, reason)
+        report.encoded += len(batch["ids"])
+        report.errors += len(batch["errors"])
+        done += len(batch["ids"]) + len(batch["errors"])
+        if progress:
+            progress("encode", done, len(items))
+        if on_batch_committed:
+            on_batch_committed(done)
+    report.seconds = time.perf_counter() - start
+    return report

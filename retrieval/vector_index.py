@@ -1,0 +1,520 @@
+"""FAISS vector index over int64 photo ids: build / add / remove / search / save / load.
+
+Pure arrays in, arrays out. Vectors are float32 and L2-normalised, so scores are cosines.
+
+Id handling:
+* ``flat`` and ``hnsw`` are wrapped in ``IndexIDMap2``; searches go to the inner index with a
+  bitmap selector over *internal* positions, translated to photo ids with the id map. Flat
+  removes natively; HNSW cannot, so removed/replaced entries become tombstones excluded by
+  the selector (``needs_rebuild`` once they exceed ``rebuild_fraction``; ``rebuild()``).
+* ``ivf`` stores photo ids natively (hash-table direct map, so vectors can be reconstructed).
+
+Filtering (``allowed_ids``): the allowed set is applied *inside* the faiss search with an
+``IDSelector`` and ``SearchParameters*`` built per call (the shared index's nprobe/efSearch are
+never mutated). Rows that come back short of ``min(k, |allowed|)`` are retried with a wider
+nprobe/efSearch. When the allowed set is tiny (``<= max(exact_subset_max,
+exact_subset_fraction * len)``) the search is exact over just those vectors, fetched by
+``vectors_lookup(ids) -> (m, dim)`` (per call or constructor; e.g. the catalog's embedding
+store, giving exact scores) or, by default, reconstructed from the index (exact for ``Flat``
+storage, SQ8-decoded otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+
+from retrieval.index_choice import (IndexSpec, SearchParams, choose_index_spec,
+                                    estimate_memory_bytes, measure_recall)
+
+__all__ = ["VectorIndex", "IndexSpec", "SearchParams", "choose_index_spec", "measure_recall",
+           "estimate_memory_bytes", "gpu_available"]
+
+log = logging.getLogger(__name__)
+
+VectorsLookup = Callable[[np.ndarray], np.ndarray]
+_FORMAT = 1
+_BITMAP_MAX_ID = 1 << 27  # photo-id bitmaps up to 16 MiB; larger ids use IDSelectorBatch
+_MAX_EF = 4096
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(usable, reason) for GPU FAISS."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False, "installed faiss has no GPU support (faiss-cpu)"
+    n = faiss.get_num_gpus()
+    return (n > 0, f"{n} GPU(s) visible" if n else "faiss has GPU support but no GPU is visible")
+
+
+class _RWLock:
+    """Many concurrent searches, exclusive mutations."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {x.shape}")
+    return x
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(ids).ravel(), dtype=np.int64)
+
+
+def _topk(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    nq, m = scores.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    kk = min(k, m)
+    if kk == 0:
+        return out_s, out_i
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if m > kk else np.tile(np.arange(m), (nq, 1))
+    ps = np.take_along_axis(scores, part, 1)
+    order = np.argsort(-ps, axis=1, kind="stable")
+    out_s[:, :kk] = np.take_along_axis(ps, order, 1)
+    out_i[:, :kk] = labels[np.take_along_axis(part, order, 1)]
+    return out_s, out_i
+
+
+def _bitmap_selector(members: np.ndarray, size: int) -> tuple[faiss.IDSelector, np.ndarray]:
+    bits = np.zeros(max(size, 1), dtype=bool)
+    bits[members] = True
+    packed = np.packbits(bits, bitorder="little")
+    return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed  # keep packed alive
+
+
+def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
+    """Write via a temp file in the same directory, fsync, ``os.replace``, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class VectorIndex:
+    """Thread-safe (RW-locked) FAISS index keyed by int64 photo ids; see module docstring."""
+
+    def __init__(self, dim: int, spec: IndexSpec, *, vectors_lookup: VectorsLookup | None = None,
+                 exact_subset_max: int = 4096, exact_subset_fraction: float = 0.02,
+                 rebuild_fraction: float = 0.2, _index: faiss.Index | None = None) -> None:
+        self.dim = int(dim)
+        self._spec = spec
+        self.vectors_lookup = vectors_lookup
+        self.exact_subset_max = exact_subset_max
+        self.exact_subset_fraction = exact_subset_fraction
+        self.rebuild_fraction = rebuild_fraction
+        self._lock = _RWLock()
+        self._mmapped = False
+        self._gpu: faiss.Index | None = None
+        self._gpu_res = None
+        self._index = _index if _index is not None else self._new_faiss_index()
+        self._dead = np.zeros(0, dtype=bool)  # tombstones by internal position (hnsw)
+        self._refresh()
+
+    # ---------------------------------------------------------------- construction
+    def _new_faiss_index(self) -> faiss.Index:
+        spec, ip = self._spec, faiss.METRIC_INNER_PRODUCT
+        if spec.kind == "ivf":
+            index = faiss.index_factory(self.dim, spec.factory, ip)
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.nprobe = int(spec.params.get("nprobe", 16))  # stored default only
+            return index
+        index = faiss.index_factory(self.dim, f"IDMap2,{spec.factory}", ip)
+        if spec.kind == "hnsw":
+            inner = faiss.downcast_index(index.index)
+            inner.hnsw.efConstruction = int(spec.params.get("ef_construction", 80))
+            inner.hnsw.efSearch = int(spec.params.get("ef_search", 64))
+        return index
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec | None = None, *,
+              chunk_size: int = 65_536, seed: int = 0, **kwargs) -> "VectorIndex":
+        """Create, train (IVF: on a bounded random sample) and fill an index in chunks.
+
+        ``vectors`` may be a ``np.memmap``; only one chunk is converted/copied at a time."""
+        ids = _as_ids(ids)
+        if vectors.ndim != 2 or len(vectors) != len(ids):
+            raise ValueError("ids and vectors must have matching lengths")
+        spec = spec or choose_index_spec(len(ids), vectors.shape[1])
+        vi = cls(vectors.shape[1], spec, **kwargs)
+        if not vi._index.is_trained:  # IVF centroids and/or SQ ranges
+            n_train = min(len(ids), int(spec.params.get("train_size", 100_000)))
+            rows = np.sort(np.random.default_rng(seed).choice(len(ids), n_train, replace=False))
+            vi.train(vectors[rows])
+        vi.add(ids, vectors, chunk_size=chunk_size)
+        return vi
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train IVF centroids / SQ ranges on a sample (no-op for trained indexes)."""
+        with self._lock.write():
+            self._ensure_writable()
+            if not self._index.is_trained:
+                x = _as_matrix(sample, self.dim)
+                log.info("training %s on %d vectors", self._spec.factory, len(x))
+                self._index.train(x)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def spec(self) -> IndexSpec:
+        return self._spec
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors stored in faiss, tombstoned ones included."""
+        return int(self._index.ntotal)
+
+    def __len__(self) -> int:
+        """Live (searchable) vectors."""
+        return len(self._live_ids)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted live photo ids (copy)."""
+        return self._live_ids.copy()
+
+    @property
+    def num_tombstones(self) -> int:
+        return int(self._dead.sum())
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return self.num_tombstones > self.rebuild_fraction * max(1, self.ntotal)
+
+    @property
+    def is_mmapped(self) -> bool:
+        return self._mmapped
+
+    @property
+    def _mapped(self) -> bool:
+        return self._spec.kind in ("flat", "hnsw")
+
+    def _inner(self) -> faiss.Index:
+        return faiss.downcast_index(self._index.index)
+
+    def _refresh(self) -> None:
+        """Recompute id maps after a mutation (O(n log n))."""
+        self._gpu = None
+        if self._mapped:
+            self._labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            if len(self._dead) != len(self._labels):
+                dead = np.zeros(len(self._labels), dtype=bool)
+                dead[: min(len(self._dead), len(dead))] = self._dead[: len(dead)]
+                self._dead = dead
+            pos = np.flatnonzero(~self._dead)
+            order = np.argsort(self._labels[pos], kind="stable")
+            self._live_internal = pos[order]
+            self._live_ids = self._labels[self._live_internal]
+            self._live_bitmap = None
+        elif not hasattr(self, "_live_ids"):
+            self._live_ids = self._ivf_ids()
+
+    def _ivf_ids(self) -> np.ndarray:
+        invlists = faiss.extract_index_ivf(self._index).invlists
+        parts = [faiss.rev_swig_ptr(invlists.get_ids(l), invlists.list_size(l)).copy()
+                 for l in range(invlists.nlist) if invlists.list_size(l)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    # ---------------------------------------------------------------- mutation
+    def _ensure_writable(self) -> None:
+        """Copy an mmapped (read-only) index into memory before mutating it."""
+        if not self._mmapped:
+            return
+        log.info("copying memory-mapped index into RAM before mutation")
+        if self._spec.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self._index)
+            src = ivf.invlists
+            dst = faiss.ArrayInvertedLists(src.nlist, src.code_size)
+            for l in range(src.nlist):
+                if src.list_size(l):
+                    dst.add_entries(l, src.list_size(l), src.get_ids(l), src.get_codes(l))
+            ivf.replace_invlists(dst, True)
+            dst.this.disown()
+        else:
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+        self._mmapped = False
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, chunk_size: int = 65_536) -> None:
+        """Add (or replace: upsert) vectors by photo id, in chunks."""
+        ids = _as_ids(ids)
+        if len(ids) != len(vectors):
+            raise ValueError("ids and vectors must have matching lengths")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("duplicate ids in one add() call")
+        if len(ids) == 0:
+            return
+        probe = _as_matrix(vectors[: min(256, len(ids))], self.dim)
+        if np.abs(np.linalg.norm(probe, axis=1) - 1).max() > 1e-2:
+            log.warning("vectors are not L2-normalised; inner-product scores are not cosines")
+        with self._lock.write():
+            self._ensure_writable()
+            if not self._index.is_trained:
+                raise RuntimeError(f"{self._spec.factory} must be trained before add()")
+            existing = np.intersect1d(ids, self._live_ids)
+            if len(existing):
+                self._remove_locked(existing)
+            for s in range(0, len(ids), chunk_size):
+                self._index.add_with_ids(_as_matrix(vectors[s:s + chunk_size], self.dim),
+                                         ids[s:s + chunk_size])
+            if not self._mapped:
+                self._live_ids = np.union1d(self._live_ids, ids)
+            self._refresh()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove by photo id; returns how many were live. HNSW: tombstones."""
+        with self._lock.write():
+            n = self._remove_locked(np.intersect1d(_as_ids(ids), self._live_ids))
+            self._refresh()
+            return n
+
+    def _remove_locked(self, ids: np.ndarray) -> int:
+        if not len(ids):
+            return 0
+        if self._spec.kind == "hnsw":
+            self._dead[self._live_internal[np.searchsorted(self._live_ids, ids)]] = True
+        else:
+            self._ensure_writable()
+            sel_cls = faiss.IDSelectorBatch if self._mapped else faiss.IDSelectorArray  # hash direct map
+            self._index.remove_ids(sel_cls(len(ids), faiss.swig_ptr(ids)))
+            if not self._mapped:
+                self._live_ids = np.setdiff1d(self._live_ids, ids, assume_unique=True)
+        return len(ids)
+
+    def rebuild(self, vectors_lookup: VectorsLookup | None = None, *, chunk_size: int = 65_536) -> None:
+        """Rebuild from live vectors (drops HNSW tombstones). Vectors from the lookup, else the index."""
+        with self._lock.read():
+            ids = self._live_ids.copy()
+            vecs = np.concatenate([self._vectors(ids[s:s + chunk_size], vectors_lookup)
+                                   for s in range(0, len(ids), chunk_size)] or
+                                  [np.zeros((0, self.dim), np.float32)])
+        fresh = VectorIndex.build(ids, vecs, self._spec, chunk_size=chunk_size)
+        with self._lock.write():
+            self._index, self._dead, self._mmapped = fresh._index, fresh._dead, False
+            self._live_ids = fresh._live_ids
+            self._refresh()
+
+    # ---------------------------------------------------------------- search
+    def _defaults(self, params: SearchParams | None) -> SearchParams:
+        p = self._spec.params
+        params = params or SearchParams()
+        return SearchParams(nprobe=params.nprobe or p.get("nprobe"),
+                            ef_search=params.ef_search or p.get("ef_search"))
+
+    def _selector(self, allowed: np.ndarray | None) -> tuple[faiss.IDSelector | None, object]:
+        if self._mapped:
+            if allowed is not None:
+                pos = self._live_internal[np.searchsorted(self._live_ids, allowed)]
+                return _bitmap_selector(pos, self.ntotal)
+            if self.num_tombstones:
+                if self._live_bitmap is None:
+                    self._live_bitmap = _bitmap_selector(self._live_internal, self.ntotal)
+                return self._live_bitmap
+            return None, None
+        if allowed is None:
+            return None, None
+        if allowed[0] >= 0 and allowed[-1] < _BITMAP_MAX_ID:
+            return _bitmap_selector(allowed, int(allowed[-1]) + 1)
+        return faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed)), allowed
+
+    def _faiss_search(self, q: np.ndarray, k: int, sp: SearchParams,
+                      sel: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
+        kind = self._spec.kind
+        if kind == "ivf":
+            if self._gpu is not None and sel is None:
+                try:
+                    return self._gpu.search(q, k, params=faiss.SearchParametersIVF(nprobe=sp.nprobe))
+                except RuntimeError as e:  # pragma: no cover - GPU only
+                    log.warning("GPU search failed (%s); using CPU", e)
+            fp = faiss.SearchParametersIVF(nprobe=int(sp.nprobe or 16))
+            if sel is not None:
+                fp.sel = sel
+            return self._index.search(q, k, params=fp)
+        if kind == "hnsw":
+            fp = faiss.SearchParametersHNSW(efSearch=max(int(sp.ef_search or 64), k))
+        else:
+            fp = faiss.SearchParameters()
+        if sel is not None:
+            fp.sel = sel
+        target = self._gpu if (self._gpu is not None and sel is None) else self._inner()
+        d, i = target.search(q, k, params=fp if sel is not None or kind == "hnsw" else None)
+        return d, np.where(i >= 0, self._labels[np.maximum(i, 0)], -1)
+
+    def _widen(self, sp: SearchParams) -> SearchParams | None:
+        if self._spec.kind == "ivf":
+            nlist = int(self._spec.params.get("nlist", 1))
+            return None if (sp.nprobe or 1) >= nlist else SearchParams(nprobe=min(nlist, (sp.nprobe or 1) * 4))
+        if self._spec.kind == "hnsw":
+            return None if (sp.ef_search or 64) >= _MAX_EF else SearchParams(ef_search=min(_MAX_EF, (sp.ef_search or 64) * 4))
+        return None
+
+    def _vectors(self, ids: np.ndarray, lookup: VectorsLookup | None) -> np.ndarray:
+        lookup = lookup or self.vectors_lookup
+        if lookup is not None:
+            return _as_matrix(lookup(ids), self.dim)
+        if self._mapped:
+            pos = self._live_internal[np.searchsorted(self._live_ids, ids)]
+            return self._inner().reconstruct_batch(pos)
+        return self._index.reconstruct_batch(ids)
+
+    def _exact_subset(self, q: np.ndarray, k: int, ids: np.ndarray,
+                      lookup: VectorsLookup | None) -> tuple[np.ndarray, np.ndarray]:
+        return _topk(q @ self._vectors(ids, lookup).T, ids, k)
+
+    def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None,
+               allowed_ids: np.ndarray | None = None,
+               vectors_lookup: VectorsLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. Returns (scores float32 [nq,k] (-inf pad), ids int64 [nq,k] (-1 pad)).
+
+        ``params`` are applied per call; ``allowed_ids`` restricts results to that subset."""
+        q = _as_matrix(queries, self.dim)
+        nq = len(q)
+        out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        if k <= 0 or nq == 0:
+            return out_s[:, :0], out_i[:, :0]
+        with self._lock.read():
+            allowed = None
+            if allowed_ids is not None:
+                allowed = np.intersect1d(_as_ids(allowed_ids), self._live_ids)
+                if not len(allowed):
+                    return out_s, out_i
+                limit = max(self.exact_subset_max, int(self.exact_subset_fraction * len(self)))
+                if len(allowed) <= limit:
+                    return self._exact_subset(q, k, allowed, vectors_lookup)
+            if not len(self._live_ids):
+                return out_s, out_i
+            expected = min(k, len(allowed) if allowed is not None else len(self))
+            sel, _keep = self._selector(allowed)
+            sp = self._defaults(params)
+            d, i = self._faiss_search(q, k, sp, sel)
+            short = (i >= 0).sum(axis=1) < expected
+            while short.any() and (sp := self._widen(sp)) is not None:
+                d[short], i[short] = self._faiss_search(q[short], k, sp, sel)
+                short = (i >= 0).sum(axis=1) < expected
+            if short.any():
+                log.debug("%d queries short after widening; exact fallback", int(short.sum()))
+                subset = allowed if allowed is not None else self._live_ids
+                d[short], i[short] = self._exact_subset(q[short], k, subset, vectors_lookup)
+        d = d.astype(np.float32, copy=False)
+        d[i < 0] = -np.inf
+        return d, i
+
+    # ---------------------------------------------------------------- GPU
+    def to_gpu(self, device: int = 0) -> bool:
+        """Mirror a Flat/IVF index on the GPU for unfiltered searches. False (logged) if not possible."""
+        ok, why = gpu_available()
+        if not ok or self._spec.kind == "hnsw":
+            log.info("using CPU FAISS: %s", why if not ok else "HNSW has no GPU implementation")
+            return False
+        with self._lock.write():  # pragma: no cover - GPU only
+            self._gpu_res = faiss.StandardGpuResources()
+            src = self._inner() if self._mapped else self._index
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, device, src)
+        log.info("index mirrored on GPU %d (filtered searches stay on CPU)", device)
+        return True
+
+    # ---------------------------------------------------------------- persistence
+    @staticmethod
+    def sidecar_path(path: str | os.PathLike) -> Path:
+        return Path(str(path) + ".json")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomically write the index and its JSON sidecar (spec, counts, tombstones)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock.write():
+            if self._mmapped and self._spec.kind == "ivf":
+                self._ensure_writable()  # on-disk invlists would be written by reference
+            _atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            meta = {"format": _FORMAT, "spec": self._spec.to_dict(), "dim": self.dim,
+                    "ntotal": self.ntotal, "count": len(self),
+                    "tombstones": np.flatnonzero(self._dead).tolist(),
+                    "index_bytes": path.stat().st_size}
+            _atomic_write(self.sidecar_path(path),
+                          lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        log.info("saved %s (%d vectors, %d tombstones) to %s", self._spec.factory, self.ntotal,
+                 len(meta["tombstones"]), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, **kwargs) -> "VectorIndex":
+        """Load an index saved by :meth:`save`; memory-maps it read-only where faiss allows
+        (IVF inverted lists; flat codes incl. HNSW storage). Mutations copy it into RAM first."""
+        path = Path(path)
+        meta = json.loads(cls.sidecar_path(path).read_text())
+        if meta.get("index_bytes") != path.stat().st_size:
+            raise RuntimeError(f"{path} does not match its sidecar (interrupted save?)")
+        spec = IndexSpec.from_dict(meta["spec"])
+        index, mapped = None, False
+        if mmap:
+            flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if spec.kind == "ivf"
+                     else getattr(faiss, "IO_FLAG_MMAP_IFC", None))
+            if flags is None:
+                log.info("this faiss cannot mmap %s indexes; reading into RAM", spec.kind)
+            else:
+                try:
+                    index, mapped = faiss.read_index(str(path), flags), True
+                except RuntimeError as e:
+                    log.warning("mmap load of %s failed (%s); reading into RAM", path, e)
+        if index is None:
+            index = faiss.read_index(str(path))
+        if index.ntotal != meta["ntotal"]:
+            raise RuntimeError(f"{path}: ntotal {index.ntotal} != sidecar {meta['ntotal']}")
+        vi = cls(meta["dim"], spec, _index=index, **kwargs)
+        if spec.kind == "hnsw":
+            vi._dead[np.asarray(meta.get("tombstones", []), dtype=np.int64)] = True
+            vi._refresh()
+        vi._mmapped = mapped
+        return vi

@@ -1,0 +1,180 @@
+"""Train the tiny open_clip model of the synthetic world.
+
+Usage (about a minute on 2 CPU cores)::
+
+    HF_HUB_OFFLINE=1 python -m tests.world.train_clip --out tests/assets/tiny_clip
+
+The result is an open_clip *local-dir* folder::
+
+    tests/assets/tiny_clip/open_clip_config.json      {"model_cfg": ..., "preprocess_cfg": ...}
+    tests/assets/tiny_clip/open_clip_model.safetensors
+
+so the product loads it like a real model::
+
+    open_clip.create_model_and_transforms("local-dir:tests/assets/tiny_clip")
+
+or, after :func:`register_tiny_clip_config`, as a named architecture with a
+weights file::
+
+    open_clip.create_model_and_transforms("photodex-tiny-clip",
+                                          pretrained="tests/assets/tiny_clip/open_clip_model.safetensors")
+
+The tokenizer is open_clip's bundled ``SimpleTokenizer`` (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.world.generate import IMAGE_SIZE, captions_for, generate_samples
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "photodex-tiny-clip"
+CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
+WEIGHTS_NAME = "open_clip_model.safetensors"
+TRAIN_SEED = 1234
+
+#: open_clip architecture (also stored in ``photodex-tiny-clip.json`` next to this file).
+MODEL_CFG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "layers": 3,
+        "width": 96,
+        "head_width": 32,
+        "patch_size": 8,
+    },
+    "text_cfg": {
+        "context_length": 24,
+        "vocab_size": 49408,
+        "width": 48,
+        "heads": 4,
+        "layers": 2,
+    },
+}
+PREPROCESS_CFG: dict[str, Any] = {
+    "size": IMAGE_SIZE,
+    "mode": "RGB",
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+    "fill_color": 0,
+}
+
+
+def register_tiny_clip_config() -> str:
+    """Register ``photodex-tiny-clip`` with open_clip; returns the model name. Idempotent."""
+    import open_clip
+
+    if MODEL_NAME not in open_clip.list_models():
+        if not CONFIG_PATH.is_file():
+            CONFIG_PATH.write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
+        open_clip.add_model_config(CONFIG_PATH)
+    return MODEL_NAME
+
+
+def write_local_dir(model: Any, out: Path, *, half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as an open_clip local-dir folder; returns the weights path."""
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:  # halves the committed size; open_clip casts back to fp32 on load
+        state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    weights = out / WEIGHTS_NAME
+    save_file(state, str(weights), metadata={"format": "pt"})
+    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}
+    if extra:
+        config["photodex_training"] = extra
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return weights
+
+
+def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 6000,
+          lr: float = 2e-3, seed: int = TRAIN_SEED, threads: int = 2) -> dict[str, Any]:
+    """Train contrastively on generated (image, caption) pairs and save to ``out``."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    register_tiny_clip_config()
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        MODEL_NAME)  # default preprocess == PREPROCESS_CFG at IMAGE_SIZE
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model %s: %.2f M params", MODEL_NAME, n_params / 1e6)
+
+    t0 = time.time()
+    samples = generate_samples(n_train, seed)
+    images = torch.stack([preprocess(s.image) for s in samples])
+    keys = [(s.colour, s.shape, s.count, s.position) for s in samples]
+    key_ids = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
+    key_idx = torch.tensor([key_ids[k] for k in keys])
+    variants = {k: tokenizer(captions_for(*k)) for k in key_ids}
+    logger.info("generated %d samples in %.1fs", n_train, time.time() - t0)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    rng = random.Random(seed)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.tensor(rng.sample(range(n_train), batch_size))
+        text = torch.stack([variants[keys[i]][rng.randrange(len(variants[keys[i]]))] for i in idx.tolist()])
+        img_f = F.normalize(model.encode_image(images[idx]), dim=-1)
+        txt_f = F.normalize(model.encode_text(text), dim=-1)
+        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        # Paraphrases of the same scene are positives too (soft targets), not false negatives.
+        same = (key_idx[idx][:, None] == key_idx[idx][None, :]).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("step %d/%d loss %.4f (%.1fs)", step, steps, loss.item(), time.time() - t0)
+    train_s = time.time() - t0
+    model.eval()
+    info = {"seed": seed, "steps": steps, "batch_size": batch_size, "n_train": n_train, "lr": lr,
+            "params": n_params, "train_seconds": round(train_s, 1)}
+    weights = write_local_dir(model, out, extra=info)
+    logger.info("saved %s (%.1f MB) after %.1fs of training", weights, weights.stat().st_size / 1e6, train_s)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("tests/assets/tiny_clip"))
+    parser.add_argument("--steps", type=int, default=220)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train,
+          seed=args.seed, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Train the tiny LLaVA-style VLM of the synthetic world.
+
+Usage (a couple of minutes on 2 CPU cores)::
+
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m tests.world.train_vlm --out tests/assets/tiny_vlm
+
+Architecture: ``LlavaForConditionalGeneration`` = small ``CLIPVisionConfig``
+tower (64x64 input, 8x8 patches -> 64 image tokens, CLS dropped by the
+"default" feature strategy) + 2-layer GELU projector + tiny ``LlamaConfig``
+decoder.  The tokenizer is a word-level ``tokenizers`` model trained in-process
+on the world's text (no download) wrapped in ``PreTrainedTokenizerFast`` with
+``<pad> <unk> <s> </s> <image>`` and a chat template.  The folder written by
+``save_pretrained`` loads with ``AutoModelForImageTextToText`` and
+``AutoProcessor`` (see ``answerer.vlm.VLM``).
+
+Training data: the generated samples' question/answer pairs (single-word
+answers: colour, shape, number word, left/right, yes/no); the loss is on the
+answer and ``</s>`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.world.generate import IMAGE_SIZE, WorldSample, generate_samples, world_corpus
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SEED = 4321
+PATCH_SIZE = 8
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped ("default" strategy)
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+
+#: Chat template: ``<s>user: <image> question assistant: answer</s>``.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}user: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image> {% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}assistant: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ eos_token }} "
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tokenizer() -> Any:
+    """Word-level tokenizer over the world's vocabulary, built offline."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words: set[str] = {"user", "assistant", ":", "?", ".", ",", "a", "the", "photo", "of"}
+    for text in world_corpus():
+        words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in sorted(words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
+        model_max_length=256, padding_side="left",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_processor(tokenizer: Any) -> Any:
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_resize=True, do_center_crop=True, image_mean=OPENAI_MEAN, image_std=OPENAI_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(tokenizer: Any, *, vision_width: int = 64, text_width: int = 96) -> Any:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=2,
+        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=vision_width,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=NUM_IMAGE_TOKENS, vision_feature_select_strategy="default",
+        vision_feature_layer=-1, projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def prompt_for(processor: Any, question: str, n_images: int = 1) -> str:
+    """Chat-template prompt (with ``<image>`` placeholders) for one user question."""
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def _qa_rows(samples: list[WorldSample]) -> list[tuple[int, str, str]]:
+    return [(i, q, a) for i, s in enumerate(samples) for q, a in s.qa]
+
+
+def train(out: Path, *, steps: int = 700, batch_size: int = 64, n_train: int = 3000, lr: float = 3e-3,
+          seed: int = TRAIN_SEED, threads: int = 2) -> dict[str, Any]:
+    """Train on generated Q&A and ``save_pretrained`` model + processor into ``out``."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = build_model(tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("VLM: %.3f M params, vocab %d", n_params / 1e6, len(tokenizer))
+
+    t0 = time.time()
+    samples = generate_samples(n_train, seed)
+    pixels = torch.as_tensor(np.asarray(
+        processor.image_processor([s.image for s in samples], return_tensors="np")["pixel_values"]))
+    rows = _qa_rows(samples)
+    eos = tokenizer.eos_token_id
+    image_id = model.config.image_token_index
+
+    # Sanity: our manual expansion matches what the processor does at inference time.
+    probe = prompt_for(processor, rows[0][1])
+    via_processor = processor(images=[samples[0].image], text=probe, return_tensors="pt")["input_ids"][0].tolist()
+    prompt_cache: dict[str, list[int]] = {}
+
+    def encode_prompt(q: str) -> list[int]:
+        if q not in prompt_cache:
+            text = prompt_for(processor, q).replace("<image>", "<image>" * NUM_IMAGE_TOKENS)
+            prompt_cache[q] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt_cache[q]
+
+    assert encode_prompt(rows[0][1]) == via_processor, "prompt expansion differs from LlavaProcessor"
+    assert via_processor.count(image_id) == NUM_IMAGE_TOKENS
+    answer_ids = {a: tokenizer(a, add_special_tokens=False)["input_ids"] for _, _, a in rows}
+    assert all(len(v) == 1 for v in answer_ids.values()), "answers must be single tokens"
+    logger.info("prepared %d samples / %d questions in %.1fs", n_train, len(rows), time.time() - t0)
+
+    def batch(idx: list[int]) -> dict[str, torch.Tensor]:
+        seqs, labels = [], []
+        for r in idx:
+            i, q, a = rows[r]
+            p = encode_prompt(q)
+            ans = answer_ids[a] + [eos]
+            seqs.append(p + ans)
+            labels.append([-100] * len(p) + ans)
+        width = max(map(len, seqs))
+        pad = tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad)
+        lab = torch.full((len(seqs), width), -100)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, (s, l) in enumerate(zip(seqs, labels)):  # right padding for training
+            ids[j, :len(s)] = torch.tensor(s)
+            lab[j, :len(l)] = torch.tensor(l)
+            att[j, :len(s)] = 1
+        img = pixels[[rows[r][0] for r in idx]]
+        return {"input_ids": ids, "attention_mask": att, "labels": lab, "pixel_values": img}
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    rng = random.Random(seed)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        b = batch(rng.sample(range(len(rows)), batch_size))
+        loss = model(**b).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("step %d/%d loss %.4f (%.1fs)", step, steps, loss.item(), time.time() - t0)
+    train_s = time.time() - t0
+    model.eval()
+
+    info = {"seed": seed, "steps": steps, "batch_size": batch_size, "n_train": n_train, "lr": lr,
+            "params": n_params, "train_seconds": round(train_s, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "photodex_training.json").write_text(json.dumps(info, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    logger.info("saved %s (%.2f MB) after %.1fs of training", out, size / 1e6, train_s)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("tests/assets/tiny_vlm"))
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train, lr=args.lr,
+          seed=args.seed, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()
