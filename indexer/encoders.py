@@ -193,9 +193,10 @@ def load_encoder(
         pretrained = str(path.resolve())
     if not pretrained and not model.startswith(("local-dir:", "hf-hub:")):
         log.warning("no pretrained weights for %s: using a seeded random init (useful for tests and benchmarks only)", model)
-        torch.manual_seed(0)  # the same random model in every process, so queries match the index
     try:
-        net = open_clip.create_model(model, pretrained=pretrained, device="cpu", require_pretrained=bool(pretrained))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random model in every process, so queries match the index
+            net = open_clip.create_model(model, pretrained=pretrained, device="cpu", require_pretrained=bool(pretrained))
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/HF errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(". Available:")[0][:400]

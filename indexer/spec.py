@@ -22,10 +22,13 @@ class EncoderSpec:
     @property
     def id(self) -> str:
         """Stable identifier: two specs with the same id produce comparable vectors."""
-        pretrained = self.pretrained or "random"
+        model = self.model
+        if model.startswith("local-dir:"):  # the folder may move; its content identifies it
+            model = "local-dir:" + Path(model[len("local-dir:"):]).name
+        pretrained = self.pretrained or ("local" if self.weights_fingerprint else "random")
         if self.weights_fingerprint:
             pretrained = f"{Path(pretrained).name}@{self.weights_fingerprint}"
-        return f"{self.model}|{pretrained}|{self.embed_dim}"
+        return f"{model}|{pretrained}|{self.embed_dim}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

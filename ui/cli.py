@@ -49,15 +49,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer.collection import Collection
-    from indexer.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
 
+    from .context import open_with_encoder
     from .progress import TqdmProgress
 
     settings = _settings(args)
-    encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.precision)
-    coll = Collection.open_for_encoder(settings.collection, encoder.spec, settings.database_url)
+    coll, encoder = open_with_encoder(settings, model_given=args.model is not None, create=True)
     options = RunOptions(
         batch_size=settings.batch_size,
         workers=settings.workers,
