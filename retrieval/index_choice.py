@@ -158,25 +158,37 @@ class _Searchable(Protocol):
     def search(self, queries: np.ndarray, k: int, *args: Any, **kw: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def topk(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a (nq, m) score matrix; labels[m]; pads with -inf / -1."""
+    nq, m = scores.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    kk = min(k, m)
+    if kk == 0:
+        return out_s, out_i
+    part = (np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if m > kk
+            else np.tile(np.arange(m), (nq, 1)))
+    ps = np.take_along_axis(scores, part, 1)
+    order = np.argsort(-ps, axis=1, kind="stable")
+    out_s[:, :kk] = np.take_along_axis(ps, order, 1)
+    out_i[:, :kk] = np.asarray(labels)[np.take_along_axis(part, order, 1)]
+    return out_s, out_i
+
+
 def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int,
               ids: np.ndarray | None = None, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force inner-product top-k in chunks (bounded memory). Returns (scores, ids)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq = q.shape[0]
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
+    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), k), -1, dtype=np.int64)
     for start in range(0, len(vectors), chunk):
         block = np.asarray(vectors[start:start + chunk], dtype=np.float32)
-        s = q @ block.T
-        lab = np.arange(start, start + len(block), dtype=np.int64)
-        if ids is not None:
-            lab = np.asarray(ids[start:start + len(block)], dtype=np.int64)
-        kk = min(k, s.shape[1])
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        cs = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
-        ci = np.concatenate([best_i, lab[part]], axis=1)
-        order = np.argsort(-cs, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cs, order, 1), np.take_along_axis(ci, order, 1)
+        lab = (np.arange(start, start + len(block), dtype=np.int64) if ids is None
+               else np.asarray(ids[start:start + len(block)], dtype=np.int64))
+        s, i = topk(q @ block.T, lab, k)
+        cand_i = np.concatenate([best_i, i], 1)
+        best_s, pos = topk(np.concatenate([best_s, s], 1), np.arange(2 * k), k)
+        best_i = np.take_along_axis(cand_i, pos, 1)
     return best_s, best_i
 
 

@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 
 from retrieval.index_choice import (IndexSpec, SearchParams, choose_index_spec,
-                                    estimate_memory_bytes, measure_recall)
+                                    estimate_memory_bytes, measure_recall, topk)
 
 __all__ = ["VectorIndex", "IndexSpec", "SearchParams", "choose_index_spec", "measure_recall",
            "estimate_memory_bytes", "gpu_available"]
@@ -101,21 +101,6 @@ def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
 
 def _as_ids(ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(ids).ravel(), dtype=np.int64)
-
-
-def _topk(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    nq, m = scores.shape
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    kk = min(k, m)
-    if kk == 0:
-        return out_s, out_i
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if m > kk else np.tile(np.arange(m), (nq, 1))
-    ps = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-ps, axis=1, kind="stable")
-    out_s[:, :kk] = np.take_along_axis(ps, order, 1)
-    out_i[:, :kk] = labels[np.take_along_axis(part, order, 1)]
-    return out_s, out_i
 
 
 def _bitmap_selector(members: np.ndarray, size: int) -> tuple[faiss.IDSelector, np.ndarray]:
@@ -411,7 +396,7 @@ class VectorIndex:
 
     def _exact_subset(self, q: np.ndarray, k: int, ids: np.ndarray,
                       lookup: VectorsLookup | None) -> tuple[np.ndarray, np.ndarray]:
-        return _topk(q @ self._vectors(ids, lookup).T, ids, k)
+        return topk(q @ self._vectors(ids, lookup).T, ids, k)
 
     def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None,
                allowed_ids: np.ndarray | None = None,
@@ -444,10 +429,13 @@ class VectorIndex:
             while short.any() and (sp := self._widen(sp)) is not None:
                 d[short], i[short] = self._faiss_search(q[short], k, sp, sel)
                 short = (i >= 0).sum(axis=1) < expected
-            if short.any():
+            subset = allowed if allowed is not None else self._live_ids
+            if short.any() and len(subset) <= 16 * max(self.exact_subset_max, 65_536):
                 log.debug("%d queries short after widening; exact fallback", int(short.sum()))
-                subset = allowed if allowed is not None else self._live_ids
                 d[short], i[short] = self._exact_subset(q[short], k, subset, vectors_lookup)
+            elif short.any():
+                log.warning("%d queries returned < %d results (too many tombstones? rebuild())",
+                            int(short.sum()), expected)
         d = d.astype(np.float32, copy=False)
         d[i < 0] = -np.inf
         return d, i
