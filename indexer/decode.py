@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -137,13 +137,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_photo(path: bytes | str, target_size: int | None = None) -> tuple[Image.Image, PhotoFacts]:
+def decode_photo(path: bytes | str | BinaryIO, target_size: int | None = None) -> tuple[Image.Image, PhotoFacts]:
     """Open, DCT-scale (JPEG), orient and convert one photo; raise :class:`DecodeError` with a reason."""
-    try:
-        if os.path.getsize(path) == 0:
-            raise DecodeError("empty file (0 bytes)")
-    except OSError:
-        pass  # reported by the open below
+    if isinstance(path, (str, bytes)):
+        try:
+            if os.path.getsize(path) == 0:
+                raise DecodeError("empty file (0 bytes)")
+        except OSError:
+            pass  # reported by the open below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,0 +1,127 @@
+"""Metadata filters for search, turned into the set of photo ids the vector search may return."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import and_, exists, or_, select
+
+from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
+from indexer.collection import Collection
+
+
+class FilterError(ValueError):
+    """A filter that cannot be understood; the message says which and why."""
+
+
+@dataclass
+class SearchFilters:
+    """All optional; an empty filter allows every indexed photo."""
+
+    taken_after: datetime | None = None
+    taken_before: datetime | None = None
+    path: str | None = None  # glob on any of the photo's paths, e.g. "*/2024/trip/*"
+    camera_make: str | None = None
+    camera_model: str | None = None
+    has_gps: bool | None = None
+    file_type: str | None = None  # jpeg, png, heif, ...
+    tags: list[str] = field(default_factory=list)  # all must be present
+    moderation: str | None = None  # a moderation decision label, stored as tag in taxonomy "moderation"
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) in (None, []) for f in fields(self))
+
+
+KEYS = {
+    "taken_after": "taken_after", "after": "taken_after", "from": "taken_after",
+    "taken_before": "taken_before", "before": "taken_before", "to": "taken_before",
+    "path": "path", "folder": "path",
+    "camera_make": "camera_make", "make": "camera_make",
+    "camera_model": "camera_model", "camera": "camera_model", "model": "camera_model",
+    "has_gps": "has_gps", "gps": "has_gps",
+    "type": "file_type", "file_type": "file_type", "format": "file_type",
+    "tag": "tags", "tags": "tags",
+    "moderation": "moderation",
+}
+_TYPE_ALIASES = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP",
+                 "tif": "TIFF", "tiff": "TIFF", "heic": "HEIF", "heif": "HEIF"}
+
+
+def _date(value: str, key: str) -> datetime:
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m", "%Y"):
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    raise FilterError(f"filter {key}={value!r}: expected a date like 2024-07-31")
+
+
+def _bool(value: str, key: str) -> bool:
+    low = value.strip().lower()
+    if low in {"1", "true", "yes", "y"}:
+        return True
+    if low in {"0", "false", "no", "n"}:
+        return False
+    raise FilterError(f"filter {key}={value!r}: expected true or false")
+
+
+def parse_filters(items: Sequence[str]) -> SearchFilters:
+    """Parse ``KEY=VALUE`` strings (the CLI's ``--filter``) into :class:`SearchFilters`."""
+    out = SearchFilters()
+    for item in items:
+        if "=" not in item:
+            raise FilterError(f"filter {item!r} is not KEY=VALUE; keys: {', '.join(sorted(set(KEYS)))}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        name = KEYS.get(key.lower())
+        if name is None:
+            raise FilterError(f"unknown filter key {key!r}; keys: {', '.join(sorted(set(KEYS)))}")
+        if not value:
+            raise FilterError(f"filter {key} has an empty value")
+        if name in ("taken_after", "taken_before"):
+            setattr(out, name, _date(value, key))
+        elif name == "has_gps":
+            out.has_gps = _bool(value, key)
+        elif name == "tags":
+            out.tags.extend(t.strip() for t in value.split(",") if t.strip())
+        elif name == "file_type":
+            out.file_type = _TYPE_ALIASES.get(value.lower().lstrip("."), value.upper())
+        else:
+            setattr(out, name, value)
+    return out
+
+
+def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray | None:
+    """Ids of indexed photos matching ``filters``; ``None`` when nothing is filtered."""
+    if filters is None or filters.is_empty():
+        return None
+    cond = [Photo.status == INDEXED]
+    if filters.taken_after:
+        cond.append(Photo.taken_at >= filters.taken_after)
+    if filters.taken_before:
+        cond.append(Photo.taken_at <= filters.taken_before)
+    if filters.camera_make:
+        cond.append(Photo.camera_make.ilike(filters.camera_make))
+    if filters.camera_model:
+        cond.append(Photo.camera_model.ilike(f"%{filters.camera_model}%"))
+    if filters.has_gps is not None:
+        has = and_(Photo.gps_lat.is_not(None), Photo.gps_lon.is_not(None))
+        cond.append(has if filters.has_gps else or_(Photo.gps_lat.is_(None), Photo.gps_lon.is_(None)))
+    if filters.file_type:
+        cond.append(Photo.format == filters.file_type)
+    for label in filters.tags:
+        cond.append(exists().where(Tag.photo_id == Photo.id, Tag.label == label))
+    if filters.moderation:
+        cond.append(exists().where(Tag.photo_id == Photo.id, Tag.taxonomy == "moderation",
+                                   Tag.label == filters.moderation))
+    with coll.catalog.session() as s:
+        if filters.path:
+            rows = s.execute(select(Photo.id, PhotoFile.path).join(PhotoFile, PhotoFile.photo_id == Photo.id)
+                             .where(*cond)).all()
+            ids = {pid for pid, path in rows if fnmatch.fnmatch(path, filters.path)}
+        else:
+            ids = set(s.scalars(select(Photo.id).where(*cond)))
+    return np.fromiter(sorted(ids), dtype=np.int64, count=len(ids))
