@@ -1,9 +1,169 @@
-"""Classification commands (registered once the zero-shot layer is wired)."""
+"""``photodex classify``, ``photodex tags`` and ``photodex eval zeroshot``."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from indexer.errors import ConfigError
 
-def register(sub: Any, common: Any, model_args: Any) -> None:
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    if args.labels and args.labels_file:
+        raise ConfigError("give --labels or --labels-file, not both")
+    if args.labels:
+        return [x.strip() for x in args.labels.split(",")]
+    if args.labels_file:
+        try:
+            lines = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read labels file {args.labels_file}: {exc.strerror}") from exc
+        return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    raise ConfigError("give the labels with --labels a,b,c or --labels-file FILE")
+
+
+def _out(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    sys.stdout.write((json.dumps(data, indent=2, default=str) if as_json else text(data)) + "\n")
+
+
+def _classifier(args: argparse.Namespace, encoder: Any, cache_dir: Path | None) -> Any:
+    from retrieval.classify import ZeroShotClassifier
+    from retrieval.templates import TemplateError
+
+    try:
+        return ZeroShotClassifier(encoder, _labels(args), args.templates, cache_dir=cache_dir)
+    except (TemplateError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from indexer.encoders import load_encoder
+    from retrieval.classify import classify_files, tag_library
+
+    from .cli import _settings
+    from .context import encoder_choice, open_with_encoder
+
+    if bool(args.images) == bool(args.all):
+        raise ConfigError("give IMAGE paths or --all (the whole collection), not both or neither")
+    _labels(args)  # fail fast on label errors before loading a model
+    thresholds = args.threshold if args.multi_label else None
+    if args.multi_label and thresholds is None:
+        raise ConfigError("--multi-label needs --threshold (cosine similarity, e.g. 0.25)")
+    settings = _settings(args)
+    if args.all:
+        coll, encoder = open_with_encoder(settings, model_given=args.model is not None)
+        try:
+            clf = _classifier(args, encoder, coll.path / "zeroshot")
+            taxonomy = args.taxonomy or "zeroshot"
+            result = tag_library(coll, clf, taxonomy, k=args.k, min_score=args.min_score, thresholds=thresholds)
+        finally:
+            coll.close()
+        _out(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
+             f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items()))
+        return 0
+    model, pretrained = encoder_choice(settings, args.model is not None)
+    encoder = load_encoder(model, pretrained, settings.device, settings.precision)
+    clf = _classifier(args, encoder, None)
+    results = [r.as_dict() for r in classify_files(clf, args.images, k=args.k, thresholds=thresholds)]
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        return "\n".join(f"{r['source']}: " + (r["error"] or ", ".join(f"{x['label']} {x['score']:.3f}"
+                                                                        for x in r["labels"]) or "-") for r in rows)
+
+    _out(results, args.json, text)
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from indexer.collection import Collection
+    from retrieval.classify import list_tags
+
+    from .cli import _settings
+
+    settings = _settings(args)
+    coll = Collection.open(settings.collection, settings.database_url)
+    rows = list_tags(coll, args.taxonomy)
+    coll.close()
+    _out(rows, args.json, lambda rs: "\n".join(f"{r['taxonomy']}\t{r['label']}\t{r['photos']}" for r in rs) or "no tags")
+    return 0
+
+
+def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
+    from indexer.encoders import load_encoder
+    from retrieval.eval_folder import evaluate_image_folder
+    from retrieval.templates import TemplateError
+
+    from .cli import _settings
+    from .context import encoder_choice
+
+    settings = _settings(args)
+    model, pretrained = encoder_choice(settings, args.model is not None)
+    encoder = load_encoder(model, pretrained, settings.device, settings.precision)
+    try:
+        report = evaluate_image_folder(encoder, args.folder, args.templates, shots=args.shots, seed=args.seed)
+    except (TemplateError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+    def text(r: dict[str, Any]) -> str:
+        zs = r["zero_shot"]
+        lines = [f"{r['images']} images, {r['classes']} classes, {r['templates']} templates",
+                 f"zero-shot top-1 {zs['top1']:.4f}  top-5 {zs['top5']:.4f}"]
+        if "templates_compared" in r:
+            t = r["templates_compared"]
+            lines.append(f"ensemble top-1 {t['ensemble_top1']:.4f} vs single templates "
+                         f"{t['worst_single_top1']:.4f}..{t['best_single_top1']:.4f}")
+        if "few_shot" in r:
+            f = r["few_shot"]
+            lines.append(f"{f['shots_per_class']}-shot: {f['few_shot_top1']:.4f} vs zero-shot {f['zero_shot_top1']:.4f} "
+                         f"on {f['held_out']} held-out images (gain {f['gain']:+.4f})")
+        worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:5]
+        lines.append("weakest classes: " + ", ".join(f"{k} {v:.2f}" for k, v in worst))
+        if zs["confusions"]:
+            lines.append("top confusions: " + ", ".join(f"{a}->{b} ({n})" for a, b, n in zs["confusions"][:5]))
+        return "\n".join(lines)
+
+    _out(report, args.json, text)
+    return 0
+
+
+def _label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", help="comma-separated class names")
+    p.add_argument("--labels-file", help="file with one class name per line")
+    p.add_argument("--templates", default="photos",
+                   help="template set (imagenet80, imagenet7, photos) or a file with one '{}' template per line")
+
+
+def register(sub: Any, common: Callable[[Any], None], model_args: Callable[[Any], None]) -> None:
     """Register classification commands."""
+    p = sub.add_parser("classify", help="zero-shot classify images, or tag the whole collection (--all)")
+    p.add_argument("images", nargs="*", help="image files to classify")
+    p.add_argument("--all", action="store_true", help="tag every photo of the collection from stored vectors")
+    _label_args(p)
+    p.add_argument("-k", type=int, default=3, help="top-k labels per photo (default 3; 1 for --all tagging)")
+    p.add_argument("--multi-label", action="store_true", help="every label whose cosine reaches --threshold")
+    p.add_argument("--threshold", type=float, help="cosine similarity threshold for --multi-label")
+    p.add_argument("--min-score", type=float, default=0.0, help="with --all: store only labels with this probability")
+    p.add_argument("--taxonomy", help="with --all: name under which tags are stored (replaces earlier ones)")
+    common(p)
+    model_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("tags", help="label counts of stored tags")
+    p.add_argument("--taxonomy")
+    common(p)
+    p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("eval", help="evaluate classifiers")
+    ev = p.add_subparsers(dest="what", required=True)
+    z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) accuracy on an ImageFolder layout")
+    z.add_argument("folder")
+    z.add_argument("--templates", default="photos")
+    z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
+    z.add_argument("--seed", type=int, default=0)
+    common(z)
+    model_args(z)
+    z.set_defaults(func=cmd_eval_zeroshot)
