@@ -57,3 +57,6 @@ def pg_database_url() -> str:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+from tests.world.fixtures import world_library, world_tiny_clip_dir, world_tiny_vlm_dir  # noqa: E402,F401

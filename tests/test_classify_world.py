@@ -1,0 +1,105 @@
+"""Zero-shot classification, library tagging and few-shot on the synthetic world with the tiny CLIP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from retrieval.classify import ZeroShotClassifier, classify_files, list_tags, tag_library
+from retrieval.eval_folder import evaluate_image_folder
+from retrieval.filters import parse_filters
+from retrieval.search import Searcher, SearchOptions
+from tests.helpers import env_offline
+from tests.world.generate import CLASSES, write_imagefolder
+from tests.world_collection import build_world_collection
+
+WORLD_TEMPLATES = ["a photo of a {}", "a photo of one {}", "a picture of a {}", "{}"]
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    write_imagefolder(root, 12, seed=4242)
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder(world_tiny_clip_dir):
+    from indexer.encoders import load_encoder
+
+    return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
+
+
+def test_zero_shot_accuracy_on_held_out_images(heldout, encoder, tmp_path):
+    clf = ZeroShotClassifier(encoder, list(CLASSES), ["a photo of a {}"], cache_dir=tmp_path / "zs")
+    paths = sorted(str(p) for p in heldout.rglob("*.png"))
+    results = classify_files(clf, paths, k=1)
+    correct = [r.labels[0][0] == r.source.split("/")[-2] for r in results]
+    assert np.mean(correct) >= 0.95, np.mean(correct)
+    probs = [r.labels[0][1] for r in results]
+    assert all(0 < p <= 1 for p in probs)
+    assert list((tmp_path / "zs").glob("*.npy"))  # weights cached on disk, keyed by encoder + labels
+
+
+def test_eval_ensemble_and_few_shot(heldout, encoder, tmp_path):
+    tmpl = tmp_path / "world_templates.txt"
+    tmpl.write_text("\n".join(WORLD_TEMPLATES))
+    report = evaluate_image_folder(encoder, heldout, str(tmpl), shots=4)
+    assert report["zero_shot"]["top1"] >= 0.9
+    cmp = report["templates_compared"]
+    assert cmp["ensemble_top1"] >= cmp["worst_single_top1"]
+    fs = report["few_shot"]
+    assert fs["few_shot_top1"] >= fs["zero_shot_top1"] - 0.02, fs  # not worse on the held-out split
+    assert report["zero_shot"]["per_class"] and set(report["zero_shot"]["per_class"]) <= set(CLASSES)
+
+
+def test_library_tags_stored_replaced_and_filterable(tmp_path, world_tiny_clip_dir):
+    world = build_world_collection(tmp_path, world_tiny_clip_dir, n=120, seed=3)
+    coll = world.open()
+    clf = ZeroShotClassifier(world.encoder, list(CLASSES), ["a photo of a {}"])
+    result = tag_library(coll, clf, "world", k=1)
+    assert result["photos"] == 120 and result["tags"] == 120
+    rows = list_tags(coll, "world")
+    assert sum(r["photos"] for r in rows) == 120
+    s = Searcher(coll, world.encoder)
+    hits = s.search_text("a photo of a green triangle", SearchOptions(k=50, collapse=None,
+                                                                     filters=parse_filters(["tag=green triangle"])))
+    assert hits and all("green triangle" in h.tags for h in hits)
+    truth = [world.sample_of(h.paths).class_name for h in hits]
+    assert np.mean([t == "green triangle" for t in truth]) >= 0.9
+    # a new taxonomy run replaces the old one's tags cleanly
+    colours = ZeroShotClassifier(world.encoder, ["red", "green", "blue", "yellow"], ["a photo of a {} object"])
+    tag_library(coll, colours, "world", k=1)
+    labels = {r["label"] for r in list_tags(coll, "world")}
+    assert labels <= {"red", "green", "blue", "yellow"}
+    coll.close()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ui.cli", *args], env=env_offline(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_classify_and_bad_label_input(heldout, world_tiny_clip_dir, tmp_path):
+    model = f"local-dir:{world_tiny_clip_dir}"
+    img = sorted(heldout.rglob("*.png"))[0]
+    ok = _cli("classify", "--model", model, "--labels", ",".join(CLASSES), "--templates", "imagenet7", str(img),
+              "--json", "-k", "2")
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert len(out[0]["labels"]) == 2 and out[0]["labels"][0]["score"] >= out[0]["labels"][1]["score"]
+    bad_tmpl = tmp_path / "t.txt"
+    bad_tmpl.write_text("a photo of a cat\n")
+    cases = [
+        (["--labels", " , "], "empty"),
+        (["--labels", "dog,Dog"], "duplicate"),
+        (["--labels", "dog,cat", "--templates", "no-such-set"], "unknown"),
+        (["--labels", "dog,cat", "--templates", str(bad_tmpl)], "{}"),
+    ]
+    for extra, needle in cases:
+        r = _cli("classify", "--model", model, *extra, str(img))
+        assert r.returncode == 2 and needle in r.stderr.lower() and "Traceback" not in r.stderr, (extra, r.stderr)
