@@ -45,12 +45,13 @@ TRAIN_SEED = 1234
 #: open_clip architecture (also stored in ``photodex-tiny-clip.json`` next to this file).
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 64,
+    # A tiny CLIP-style ModifiedResNet (conv stem + attention pooling): in this budget it learns
+    # shapes far faster than a from-scratch ViT (a 3-layer ViT/8 reached only ~74 % zero-shot).
     "vision_cfg": {
         "image_size": IMAGE_SIZE,
-        "layers": 3,
-        "width": 96,
-        "head_width": 32,
-        "patch_size": 8,
+        "layers": [1, 1, 1, 1],
+        "width": 16,
+        "head_width": 64,
     },
     "text_cfg": {
         "context_length": 24,
@@ -75,9 +76,10 @@ def register_tiny_clip_config() -> str:
     """Register ``photodex-tiny-clip`` with open_clip; returns the model name. Idempotent."""
     import open_clip
 
+    text = json.dumps(MODEL_CFG, indent=2) + "\n"
+    if not CONFIG_PATH.is_file() or CONFIG_PATH.read_text() != text:  # keep the shipped file in sync
+        CONFIG_PATH.write_text(text)
     if MODEL_NAME not in open_clip.list_models():
-        if not CONFIG_PATH.is_file():
-            CONFIG_PATH.write_text(json.dumps(MODEL_CFG, indent=2) + "\n")
         open_clip.add_model_config(CONFIG_PATH)
     return MODEL_NAME
 
@@ -101,8 +103,12 @@ def write_local_dir(model: Any, out: Path, *, half: bool = True, extra: dict[str
 
 
 def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 6000,
-          lr: float = 2e-3, seed: int = TRAIN_SEED, threads: int = 2) -> dict[str, Any]:
-    """Train contrastively on generated (image, caption) pairs and save to ``out``."""
+          lr: float = 2e-3, seed: int = TRAIN_SEED, threads: int = 2, init: Path | None = None,
+          count_weights: tuple[float, float, float] = (0.6, 0.25, 0.15)) -> dict[str, Any]:
+    """Train contrastively on generated (image, caption) pairs and save to ``out``.
+
+    With ``init`` (a local-dir folder written by this script) training resumes from those weights.
+    """
     import open_clip
     import torch
     import torch.nn.functional as F
@@ -112,12 +118,15 @@ def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 
     register_tiny_clip_config()
     model, _, preprocess = open_clip.create_model_and_transforms(
         MODEL_NAME)  # default preprocess == PREPROCESS_CFG at IMAGE_SIZE
+    if init is not None:
+        open_clip.load_checkpoint(model, str(Path(init) / WEIGHTS_NAME))
+        logger.info("initialised from %s", init)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.2f M params", MODEL_NAME, n_params / 1e6)
 
     t0 = time.time()
-    samples = generate_samples(n_train, seed)
+    samples = generate_samples(n_train, seed, count_weights=count_weights)
     images = torch.stack([preprocess(s.image) for s in samples])
     keys = [(s.colour, s.shape, s.count, s.position) for s in samples]
     key_ids = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
@@ -155,7 +164,8 @@ def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 
             logger.info("step %d/%d loss %.4f (%.1fs)", step, steps, loss.item(), time.time() - t0)
     train_s = time.time() - t0
     model.eval()
-    info = {"seed": seed, "steps": steps, "batch_size": batch_size, "n_train": n_train, "lr": lr,
+    info = {"seed": seed, "steps": steps, "init": str(init) if init else None,
+            "count_weights": list(count_weights), "batch_size": batch_size, "n_train": n_train, "lr": lr,
             "params": n_params, "train_seconds": round(train_s, 1)}
     weights = write_local_dir(model, out, extra=info)
     logger.info("saved %s (%.1f MB) after %.1fs of training", weights, weights.stat().st_size / 1e6, train_s)
@@ -170,10 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--init", type=Path, default=None, help="resume from this local-dir folder")
+    parser.add_argument("--count-weights", type=float, nargs=3, default=(0.6, 0.25, 0.15))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train,
-          seed=args.seed, threads=args.threads)
+          seed=args.seed, threads=args.threads, lr=args.lr, init=args.init,
+          count_weights=tuple(args.count_weights))
 
 
 if __name__ == "__main__":
