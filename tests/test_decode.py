@@ -93,3 +93,24 @@ def test_bomb_guard_and_broken_files(tmp_path):
         decode_photo(str(tmp_path / "text.jpg"))
     with pytest.raises(DecodeError, match="vanished"):
         decode_photo(str(tmp_path / "gone.jpg"))
+
+
+@pytest.mark.parametrize("ext,fmt", [("webp", "WEBP"), ("bmp", "BMP"), ("tiff", "TIFF"), ("png", "PNG")])
+def test_common_formats_decode(tmp_path, ext, fmt):
+    p = _save(Image.new("RGB", (30, 20), (10, 120, 250)), tmp_path / f"x.{ext}")
+    out, facts = decode_photo(p)
+    assert facts.format == fmt and out.size == (30, 20)
+    assert abs(out.getpixel((5, 5))[2] - 250) <= 8
+
+
+def test_heic_decodes_with_the_heic_extra(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="install the 'heic' extra")
+    from indexer.decode import register_heif
+
+    assert register_heif()
+    p = tmp_path / "phone.heic"
+    pillow_heif.from_pillow(Image.new("RGB", (64, 48), (200, 40, 40))).save(str(p), quality=90)
+    out, facts = decode_photo(str(p))
+    assert facts.format == "HEIF" and out.size == (64, 48)
+    r, g, b = out.getpixel((30, 20))
+    assert r > 150 and g < 90 and b < 90
