@@ -198,7 +198,7 @@ class Searcher:
             if p is None:  # deleted since the index was read: never return it
                 continue
             hits.append(SearchHit(
-                id=pid, score=round(float(score), 6), paths=paths.get(pid, []),
+                id=pid, score=float(score), paths=paths.get(pid, []),
                 taken_at=p.taken_at.isoformat() if p.taken_at else None, camera_make=p.camera_make,
                 camera_model=p.camera_model, width=p.width, height=p.height, format=p.format,
                 gps=(p.gps_lat, p.gps_lon) if p.gps_lat is not None and p.gps_lon is not None else None,

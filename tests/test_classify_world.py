@@ -42,7 +42,7 @@ def test_zero_shot_accuracy_on_held_out_images(heldout, encoder, tmp_path):
     assert np.mean(correct) >= 0.95, np.mean(correct)
     probs = [r.labels[0][1] for r in results]
     assert all(0 < p <= 1 for p in probs)
-    assert list((tmp_path / "zs").glob("*.npy"))  # weights cached on disk, keyed by encoder + labels
+    assert list((tmp_path / "zs").rglob("*.npy"))  # weights cached on disk, keyed by encoder + labels
 
 
 def test_eval_ensemble_and_few_shot(heldout, encoder, tmp_path):

@@ -1,6 +1,6 @@
 """Train the tiny open_clip model of the synthetic world.
 
-Usage (about a minute on 2 CPU cores)::
+Usage (the 3-stage ``STAGES`` recipe; ~2-3 minutes on 2 idle CPU cores, much longer on a busy box)::
 
     HF_HUB_OFFLINE=1 python -m tests.world.train_clip --out tests/assets/tiny_clip
 
@@ -102,12 +102,16 @@ def write_local_dir(model: Any, out: Path, *, half: bool = True, extra: dict[str
     return weights
 
 
-def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 6000,
+def train(out: Path, *, steps: int = 300, batch_size: int = 64, n_train: int = 6000,
           lr: float = 2e-3, seed: int = TRAIN_SEED, threads: int = 2, init: Path | None = None,
-          count_weights: tuple[float, float, float] = (0.6, 0.25, 0.15)) -> dict[str, Any]:
+          count_weights: tuple[float, float, float] = (0.6, 0.25, 0.15),
+          class_weight: float = 0.0) -> dict[str, Any]:
     """Train contrastively on generated (image, caption) pairs and save to ``out``.
 
     With ``init`` (a local-dir folder written by this script) training resumes from those weights.
+    ``class_weight`` > 0 also gives pairs of the same ``"{colour} {shape}"`` class (different count
+    or position) that weight in the soft contrastive targets, so "a red circle" ranks images of
+    two red circles above other classes.
     """
     import open_clip
     import torch
@@ -131,6 +135,8 @@ def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 
     keys = [(s.colour, s.shape, s.count, s.position) for s in samples]
     key_ids = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
     key_idx = torch.tensor([key_ids[k] for k in keys])
+    class_ids = {c: i for i, c in enumerate(sorted({s.class_name for s in samples}))}
+    class_idx = torch.tensor([class_ids[s.class_name] for s in samples])
     variants = {k: tokenizer(captions_for(*k)) for k in key_ids}
     logger.info("generated %d samples in %.1fs", n_train, time.time() - t0)
 
@@ -152,6 +158,9 @@ def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 
         logits = model.logit_scale.exp() * img_f @ txt_f.T
         # Paraphrases of the same scene are positives too (soft targets), not false negatives.
         same = (key_idx[idx][:, None] == key_idx[idx][None, :]).float()
+        if class_weight:
+            same_class = (class_idx[idx][:, None] == class_idx[idx][None, :]).float()
+            same = torch.maximum(same, class_weight * same_class)
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         opt.zero_grad(set_to_none=True)
@@ -165,29 +174,55 @@ def train(out: Path, *, steps: int = 220, batch_size: int = 128, n_train: int = 
     train_s = time.time() - t0
     model.eval()
     info = {"seed": seed, "steps": steps, "init": str(init) if init else None,
-            "count_weights": list(count_weights), "batch_size": batch_size, "n_train": n_train, "lr": lr,
+            "count_weights": list(count_weights), "class_weight": class_weight, "batch_size": batch_size, "n_train": n_train, "lr": lr,
             "params": n_params, "train_seconds": round(train_s, 1)}
+    if init is not None:  # keep the history of earlier stages
+        prev = json.loads((Path(init) / "open_clip_config.json").read_text()).get("photodex_training")
+        info["previous"] = prev
     weights = write_local_dir(model, out, extra=info)
     logger.info("saved %s (%.1f MB) after %.1fs of training", weights, weights.stat().st_size / 1e6, train_s)
     return info
 
 
+#: The recipe that produced the committed ``tests/assets/tiny_clip``: a base run, then four
+#: fine-tuning stages (resumed from the saved weights, fresh optimiser) with more multi-object
+#: scenes; the last one adds class-level soft targets.
+STAGES: list[dict[str, Any]] = [
+    dict(steps=300, batch_size=64, lr=2e-3, seed=1234, n_train=6000, count_weights=(0.6, 0.25, 0.15)),
+    dict(steps=120, batch_size=64, lr=7e-4, seed=1235, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
+    dict(steps=300, batch_size=64, lr=5e-4, seed=1236, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
+    dict(steps=300, batch_size=64, lr=3e-4, seed=1237, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
+    dict(steps=300, batch_size=64, lr=3e-4, seed=1238, n_train=4000, count_weights=(0.3, 0.35, 0.35),
+         class_weight=0.5),
+]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tests/assets/tiny_clip"))
-    parser.add_argument("--steps", type=int, default=220)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--single-stage", action="store_true",
+                        help="run one stage with the options below instead of the STAGES recipe")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--init", type=Path, default=None, help="resume from this local-dir folder")
     parser.add_argument("--count-weights", type=float, nargs=3, default=(0.6, 0.25, 0.15))
+    parser.add_argument("--class-weight", type=float, default=0.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train,
-          seed=args.seed, threads=args.threads, lr=args.lr, init=args.init,
-          count_weights=tuple(args.count_weights))
+    if args.single_stage:
+        train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train,
+              seed=args.seed, threads=args.threads, lr=args.lr, init=args.init,
+              count_weights=tuple(args.count_weights), class_weight=args.class_weight)
+        return
+    t0 = time.time()
+    for i, stage in enumerate(STAGES):
+        logger.info("stage %d/%d: %s", i + 1, len(STAGES), stage)
+        train(args.out, threads=args.threads, init=args.out if i else None, **stage)
+    logger.info("all stages done in %.1fs", time.time() - t0)
 
 
 if __name__ == "__main__":
