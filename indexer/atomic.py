@@ -1,4 +1,4 @@
-"""Atomic file writes: temp file in the same folder, fsync, ``os.replace``."""
+"""Atomic file writes: temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
 
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via ``write(fh)`` so a crash leaves either the old or the new file."""
+def atomic_write_via_path(path: str | os.PathLike[str], write_to: Callable[[str], None]) -> None:
+    """Make ``path`` by ``write_to(temp_name)``; a crash leaves either the old or the new file.
+
+    For writers that take a file name (``faiss.write_index``, ``np.save`` to a name, ...).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        write_to(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
     try:
         dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -35,6 +35,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Make ``path`` by ``write(binary_file_handle)``, atomically."""
+
+    def _to(name: str) -> None:
+        with open(name, "wb") as fh:
+            write(fh)
+
+    atomic_write_via_path(path, _to)
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:

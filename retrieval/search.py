@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import select
 
 from indexer.catalog_models import Embedding, Photo, PhotoFile, Tag

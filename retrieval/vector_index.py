@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Callable, Iterator
 
 import faiss
 import numpy as np
+
+from indexer.atomic import atomic_write_via_path
 
 from retrieval.index_choice import (IndexSpec, SearchParams, choose_index_spec,
                                     estimate_memory_bytes, measure_recall, topk)
@@ -108,26 +109,6 @@ def _bitmap_selector(members: np.ndarray, size: int) -> tuple[faiss.IDSelector, 
     bits[members] = True
     packed = np.packbits(bits, bitorder="little")
     return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed  # keep packed alive
-
-
-def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """Write via a temp file in the same directory, fsync, ``os.replace``, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class VectorIndex:
@@ -466,12 +447,12 @@ class VectorIndex:
         with self._lock.write():
             if self._mmapped and self._spec.kind == "ivf":
                 self._ensure_writable()  # on-disk invlists would be written by reference
-            _atomic_write(path, lambda tmp: faiss.write_index(self._index, tmp))
+            atomic_write_via_path(path, lambda tmp: faiss.write_index(self._index, tmp))
             meta = {"format": _FORMAT, "spec": self._spec.to_dict(), "dim": self.dim,
                     "ntotal": self.ntotal, "count": len(self),
                     "tombstones": np.flatnonzero(self._dead).tolist(),
                     "index_bytes": path.stat().st_size}
-            _atomic_write(self.sidecar_path(path),
+            atomic_write_via_path(self.sidecar_path(path),
                           lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         log.info("saved %s (%d vectors, %d tombstones) to %s", self._spec.factory, self.ntotal,
                  len(meta["tombstones"]), path)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from indexer.atomic import atomic_write
 from retrieval.templates import ensure_templates
 
 __all__ = [
@@ -275,17 +274,7 @@ class ZeroShotCache:
         stored.setflags(write=False)
         path = self.path_for(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, stored, allow_pickle=False)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda fh: np.save(fh, stored, allow_pickle=False))
         self._remember(key, stored)
         return stored
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from indexer.catalog_models import ERROR, INDEXED, Embedding, Photo, PhotoFile
+from indexer.catalog_models import INDEXED, Embedding, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.errors import EncoderMismatchError
 from indexer.run import RunOptions, index_paths

@@ -175,7 +175,8 @@ def pretrain_vision(model: Any, pixels: Any, samples: list[WorldSample], *, step
 
 
 def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 3000, lr: float = 3e-3,
-          seed: int = TRAIN_SEED, threads: int = 2, vision_steps: int = 2500) -> dict[str, Any]:
+          seed: int = TRAIN_SEED, threads: int = 2, vision_steps: int = 2500,
+          init: Path | None = None) -> dict[str, Any]:
     """Train on generated Q&A and ``save_pretrained`` model + processor into ``out``."""
     import numpy as np
     import torch
@@ -184,7 +185,14 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     torch.set_num_threads(threads)
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
-    model = build_model(tokenizer)
+    if init is not None:  # resume (decoder stage only) from a folder written by this script
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(init)
+        vision_steps = 0
+        model.model.vision_tower.requires_grad_(False)
+    else:
+        model = build_model(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("VLM: %.3f M params, vocab %d", n_params / 1e6, len(tokenizer))
 
@@ -260,7 +268,7 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     model.requires_grad_(True)
     model.eval()
 
-    info = {"seed": seed, "steps": steps, "batch_size": batch_size, "n_train": n_train, "lr": lr,
+    info = {"seed": seed, "steps": steps, "init": str(init) if init else None, "batch_size": batch_size, "n_train": n_train, "lr": lr,
             "params": n_params, "vision_steps": vision_steps, "vision_warmup_seconds": round(t_vis, 1),
             "train_seconds": round(train_s, 1)}
     out.mkdir(parents=True, exist_ok=True)
@@ -282,10 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vision-steps", type=int, default=2500)
+    parser.add_argument("--init", type=Path, default=None, help="resume the decoder stage from this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train, lr=args.lr,
-          seed=args.seed, threads=args.threads, vision_steps=args.vision_steps)
+          seed=args.seed, threads=args.threads, vision_steps=args.vision_steps, init=args.init)
 
 
 if __name__ == "__main__":
