@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -52,7 +53,7 @@ class VLM:
     def loaded(self) -> bool:
         return self.model is not None
 
-    def load(self) -> "VLM":
+    def load(self) -> VLM:
         """Load model and processor once; later calls are no-ops. Returns ``self``."""
         if self.model is not None:
             return self

@@ -24,30 +24,30 @@ pixels.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
-    "COLOURS",
-    "SHAPES",
     "CLASSES",
+    "COLOURS",
+    "IMAGE_SIZE",
     "NUMBER_WORDS",
     "POSITIONS",
-    "UNSAFE_CONCEPT",
+    "SHAPES",
     "UNSAFE_CAPTION",
-    "IMAGE_SIZE",
+    "UNSAFE_CONCEPT",
     "WorldSample",
-    "class_prompt",
     "captions_for",
-    "make_sample",
+    "class_prompt",
     "generate_samples",
-    "write_library",
-    "write_imagefolder",
+    "make_sample",
     "world_corpus",
+    "write_imagefolder",
+    "write_library",
 ]
 
 IMAGE_SIZE = 64
@@ -265,7 +265,7 @@ def make_sample(rng: random.Random, *, colour: str | None = None, shape: str | N
         _draw_object(draw, shape, box, _jitter(base, rng, 8 if unsafe else 18))
     if image_size != IMAGE_SIZE:
         img = img.resize((image_size, image_size), Image.BILINEAR)
-        boxes = [tuple(int(round(v * scale)) for v in b) for b in boxes]  # type: ignore[misc]
+        boxes = [tuple(round(v * scale) for v in b) for b in boxes]  # type: ignore[misc]
 
     caption = rng.choice(captions_for(colour, shape, count, position))
     if unsafe:

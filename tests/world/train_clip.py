@@ -188,12 +188,12 @@ def train(out: Path, *, steps: int = 300, batch_size: int = 64, n_train: int = 6
 #: fine-tuning stages (resumed from the saved weights, fresh optimiser) with more multi-object
 #: scenes; the last one adds class-level soft targets.
 STAGES: list[dict[str, Any]] = [
-    dict(steps=300, batch_size=64, lr=2e-3, seed=1234, n_train=6000, count_weights=(0.6, 0.25, 0.15)),
-    dict(steps=120, batch_size=64, lr=7e-4, seed=1235, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
-    dict(steps=300, batch_size=64, lr=5e-4, seed=1236, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
-    dict(steps=300, batch_size=64, lr=3e-4, seed=1237, n_train=4000, count_weights=(0.3, 0.35, 0.35)),
-    dict(steps=300, batch_size=64, lr=3e-4, seed=1238, n_train=4000, count_weights=(0.3, 0.35, 0.35),
-         class_weight=0.5),
+    {"steps": 300, "batch_size": 64, "lr": 2e-3, "seed": 1234, "n_train": 6000, "count_weights": (0.6, 0.25, 0.15)},
+    {"steps": 120, "batch_size": 64, "lr": 7e-4, "seed": 1235, "n_train": 4000, "count_weights": (0.3, 0.35, 0.35)},
+    {"steps": 300, "batch_size": 64, "lr": 5e-4, "seed": 1236, "n_train": 4000, "count_weights": (0.3, 0.35, 0.35)},
+    {"steps": 300, "batch_size": 64, "lr": 3e-4, "seed": 1237, "n_train": 4000, "count_weights": (0.3, 0.35, 0.35)},
+    {"steps": 300, "batch_size": 64, "lr": 3e-4, "seed": 1238, "n_train": 4000, "count_weights": (0.3, 0.35, 0.35),
+     "class_weight": 0.5},
 ]
 
 

@@ -1,8 +1,11 @@
 """Train the tiny LLaVA-style VLM of the synthetic world.
 
-Usage (about 4 minutes on 2 idle CPU cores)::
+Usage (about 4 + 3 minutes on 2 CPU cores); the committed model is the second command's output::
 
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python -m tests.world.train_vlm --out tests/assets/tiny_vlm
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    python -m tests.world.train_vlm --out tests/assets/tiny_vlm
+    python -m tests.world.train_vlm --out tests/assets/tiny_vlm --init tests/assets/tiny_vlm \
+        --steps 1500 --lr 1e-3 --seed 4322
 
 Architecture: ``LlavaForConditionalGeneration`` = small ``CLIPVisionConfig``
 tower (64x64 input, 16x16 patches -> 16 image tokens, CLS dropped by the
@@ -104,7 +107,12 @@ def build_processor(tokenizer: Any) -> Any:
 
 
 def build_model(tokenizer: Any, *, vision_width: int = 96, text_width: int = 128) -> Any:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     vision = CLIPVisionConfig(
         hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=2,
@@ -150,7 +158,13 @@ def pretrain_vision(model: Any, pixels: Any, samples: list[WorldSample], *, step
     import torch
     import torch.nn.functional as F
 
-    from tests.world.generate import COLOURS, POSITIONS, SHAPES, UNSAFE_COLOUR, UNSAFE_CONCEPT
+    from tests.world.generate import (
+        COLOURS,
+        POSITIONS,
+        SHAPES,
+        UNSAFE_COLOUR,
+        UNSAFE_CONCEPT,
+    )
 
     colours = list(COLOURS) + [UNSAFE_COLOUR]
     shapes = list(SHAPES) + [UNSAFE_CONCEPT]
@@ -224,7 +238,7 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     def batch(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs, labels = [], []
         for r in idx:
-            i, q, a = rows[r]
+            _, q, a = rows[r]
             p = encode_prompt(q)
             ans = answer_ids[a] + [eos]
             seqs.append(p + ans)
