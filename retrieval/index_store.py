@@ -19,7 +19,7 @@ from indexer.atomic import atomic_write_json
 from indexer.collection import Collection
 
 from .index_choice import choose_index_spec
-from .vector_index import VectorIndex
+from .vector_index import VectorIndex, gpu_available
 
 log = logging.getLogger(__name__)
 
@@ -102,5 +102,9 @@ def open_index(coll: Collection) -> VectorIndex:
         refresh_index(coll)
         index_path, _ = _paths(coll)
         index = VectorIndex.load(index_path, mmap=True, vectors_lookup=_lookup(coll))
+        use_gpu, why = gpu_available()
+        if use_gpu:
+            index.to_gpu()
+        log.info("search index %s: %s", index.spec.factory, "GPU" if use_gpu else f"CPU ({why})")
         _cache[key] = (generation, index)
         return index

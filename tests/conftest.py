@@ -60,3 +60,16 @@ def pg_database_url() -> str:
 
 
 from tests.world.fixtures import world_library, world_tiny_clip_dir, world_tiny_vlm_dir  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need CUDA; ``weights`` tests need PHOTODEX_TEST_WEIGHTS (never downloaded)."""
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    no_weights = pytest.mark.skip(reason="set PHOTODEX_TEST_WEIGHTS=MODEL:PATH (and PHOTODEX_TEST_IMAGEFOLDER) to run")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "weights" in item.keywords and not os.environ.get("PHOTODEX_TEST_WEIGHTS"):
+            item.add_marker(no_weights)

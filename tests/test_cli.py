@@ -53,3 +53,12 @@ def test_configuration_errors_exit_2_without_traceback(tmp_path):
     unwritable = _photodex("index", str(tmp_path), "--collection", str(ro / "sub"), "--model", "ViT-B-32",
                            "--pretrained", "none", check_rc=2)
     assert "not writable" in unwritable.stderr and "Traceback" not in unwritable.stderr
+
+
+def test_invalid_setting_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    from ui.cli import main
+
+    monkeypatch.setenv("PHOTODEX_BATCH_SIZE", "0")
+    assert main(["info", "--collection", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid setting batch_size" in err and "Traceback" not in err
