@@ -67,7 +67,8 @@ def test_measure_recall_on_raw_faiss_index(data):
 
 def test_choose_index_spec():
     assert choose_index_spec(5_000, 512).kind == "flat"
-    assert choose_index_spec(90_000, 512).kind == "flat"
+    assert choose_index_spec(45_000, 512).kind == "flat"
+    assert choose_index_spec(200_000, 512).kind == "ivf"  # measured better than HNSW at 1M (bench/results)
     for n in (1_000_000, 4_000_000, 50_000_000):
         spec = choose_index_spec(n, 512)
         assert spec.kind in ("hnsw", "ivf") and not spec.uses_pq
