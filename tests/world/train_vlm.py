@@ -1,11 +1,18 @@
 """Train the tiny LLaVA-style VLM of the synthetic world.
 
-Usage (about 4 + 3 minutes on 2 CPU cores); the committed model is the second command's output::
+Usage (about 4 + 3 + 3 minutes on 2 CPU cores); the committed model is the third command's output::
 
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
     python -m tests.world.train_vlm --out tests/assets/tiny_vlm
     python -m tests.world.train_vlm --out tests/assets/tiny_vlm --init tests/assets/tiny_vlm \
         --steps 1500 --lr 1e-3 --seed 4322
+    python -m tests.world.train_vlm --out tests/assets/tiny_vlm --init tests/assets/tiny_vlm \
+        --steps 3000 --lr 1e-3 --seed 4323 --hard-negatives 0.5 --train-vision --threads 1
+
+The third stage fixes the hard negatives ("is there a red circle?" about a red square): half of
+every batch is extra existence questions (positives and one-attribute-off negatives) and the
+vision tower is fine-tuned too; on the held-out questions of ``tests/test_world_models.py`` it
+moved exact match 0.84 -> 0.90 and yes/no accuracy 0.84 -> 0.93.
 
 Architecture: ``LlavaForConditionalGeneration`` = small ``CLIPVisionConfig``
 tower (64x64 input, 16x16 patches -> 16 image tokens, CLS dropped by the
@@ -147,6 +154,27 @@ def _qa_rows(samples: list[WorldSample]) -> list[tuple[int, str, str]]:
     return [(i, q, a) for i, s in enumerate(samples) for q, a in s.qa]
 
 
+def _yes_no_rows(samples: list[WorldSample]) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
+    """Extra existence questions for ``--hard-negatives``: (positives, hard negatives).
+
+    Positives: ``is there a {colour} {shape}?`` and ``is there a {shape}?`` for the shown object.
+    Hard negatives change exactly one attribute: same colour / other shape, same shape / other
+    colour, and ``is there a {other shape}?``.  Unsafe (skull) samples are left out.
+    """
+    from tests.world.generate import COLOURS, SHAPES
+
+    pos: list[tuple[int, str, str]] = []
+    neg: list[tuple[int, str, str]] = []
+    for i, s in enumerate(samples):
+        if s.unsafe:
+            continue
+        pos += [(i, f"is there a {s.colour} {s.shape}?", "yes"), (i, f"is there a {s.shape}?", "yes")]
+        neg += [(i, f"is there a {s.colour} {o}?", "no") for o in SHAPES if o != s.shape]
+        neg += [(i, f"is there a {c} {s.shape}?", "no") for c in COLOURS if c != s.colour]
+        neg += [(i, f"is there a {o}?", "no") for o in SHAPES if o != s.shape]
+    return pos, neg
+
+
 def pretrain_vision(model: Any, pixels: Any, samples: list[WorldSample], *, steps: int, batch_size: int,
                     lr: float, rng: random.Random) -> None:
     """Stage 1: supervised warm-up of the vision tower on the world's attributes.
@@ -190,8 +218,15 @@ def pretrain_vision(model: Any, pixels: Any, samples: list[WorldSample], *, step
 
 def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 3000, lr: float = 3e-3,
           seed: int = TRAIN_SEED, threads: int = 2, vision_steps: int = 2500,
-          init: Path | None = None) -> dict[str, Any]:
-    """Train on generated Q&A and ``save_pretrained`` model + processor into ``out``."""
+          init: Path | None = None, hard_negatives: float = 0.0,
+          train_vision: bool = False) -> dict[str, Any]:
+    """Train on generated Q&A and ``save_pretrained`` model + processor into ``out``.
+
+    ``hard_negatives`` (0..1) is the fraction of every decoder batch drawn from extra
+    existence questions (half positives, half one-attribute-off hard negatives, see
+    ``_yes_no_rows``) instead of the samples' own Q&A; 0 keeps the plain recipe.
+    ``train_vision`` also fine-tunes the vision tower in the decoder stage (default: frozen).
+    """
     import numpy as np
     import torch
 
@@ -215,6 +250,11 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     pixels = torch.as_tensor(np.asarray(
         processor.image_processor([s.image for s in samples], return_tensors="np")["pixel_values"]))
     rows = _qa_rows(samples)
+    n_qa = len(rows)
+    hard_pos, hard_neg = _yes_no_rows(samples) if hard_negatives > 0 else ([], [])
+    pos_range = range(n_qa, n_qa + len(hard_pos))
+    neg_range = range(n_qa + len(hard_pos), n_qa + len(hard_pos) + len(hard_neg))
+    rows = rows + hard_pos + hard_neg
     eos = tokenizer.eos_token_id
     image_id = model.config.image_token_index
 
@@ -263,13 +303,22 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     t_vis = time.time() - t_vis
     if vision_steps:  # LLaVA recipe: keep the warmed-up tower frozen, train projector + decoder
         model.model.vision_tower.requires_grad_(False)
+    if train_vision:
+        model.model.vision_tower.requires_grad_(True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
     t0 = time.time()
+    n_hard = round(hard_negatives * batch_size)
     for step in range(steps):
-        b = batch(rng.sample(range(len(rows)), batch_size))
+        if n_hard:
+            n_pos = n_hard // 2
+            idx = (rng.sample(range(n_qa), batch_size - n_hard) + rng.sample(pos_range, n_pos)
+                   + rng.sample(neg_range, n_hard - n_pos))
+        else:
+            idx = rng.sample(range(len(rows)), batch_size)
+        b = batch(idx)
         loss = model(**b).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -283,7 +332,8 @@ def train(out: Path, *, steps: int = 2000, batch_size: int = 32, n_train: int = 
     model.eval()
 
     info = {"seed": seed, "steps": steps, "init": str(init) if init else None, "batch_size": batch_size, "n_train": n_train, "lr": lr,
-            "params": n_params, "vision_steps": vision_steps, "vision_warmup_seconds": round(t_vis, 1),
+            "hard_negatives": hard_negatives, "train_vision": train_vision, "params": n_params,
+            "vision_steps": vision_steps, "vision_warmup_seconds": round(t_vis, 1),
             "train_seconds": round(train_s, 1)}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -305,10 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vision-steps", type=int, default=2500)
     parser.add_argument("--init", type=Path, default=None, help="resume the decoder stage from this folder")
+    parser.add_argument("--hard-negatives", type=float, default=0.0,
+                        help="fraction of each batch drawn from extra yes/no existence questions with hard negatives")
+    parser.add_argument("--train-vision", action="store_true",
+                        help="also fine-tune the vision tower in the decoder stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args.out, steps=args.steps, batch_size=args.batch_size, n_train=args.n_train, lr=args.lr,
-          seed=args.seed, threads=args.threads, vision_steps=args.vision_steps, init=args.init)
+          seed=args.seed, threads=args.threads, vision_steps=args.vision_steps, init=args.init,
+          hard_negatives=args.hard_negatives, train_vision=args.train_vision)
 
 
 if __name__ == "__main__":
