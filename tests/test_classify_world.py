@@ -103,3 +103,19 @@ def test_cli_classify_and_bad_label_input(heldout, world_tiny_clip_dir, tmp_path
     for extra, needle in cases:
         r = _cli("classify", "--model", model, *extra, str(img))
         assert r.returncode == 2 and needle in r.stderr.lower() and "Traceback" not in r.stderr, (extra, r.stderr)
+
+
+def test_cli_multi_label_with_per_label_thresholds(heldout, world_tiny_clip_dir, tmp_path):
+    model = f"local-dir:{world_tiny_clip_dir}"
+    img = sorted((heldout / "red circle").glob("*.png"))[0]
+    th = tmp_path / "th.tsv"
+    th.write_text("red circle\t0.5\nblue square\t0.99\n")
+    r = _cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
+             "--thresholds-file", str(th), str(img), "--json")
+    assert r.returncode == 0, r.stderr
+    labels = [x["label"] for x in json.loads(r.stdout)[0]["labels"]]
+    assert labels == ["red circle"]
+    th.write_text("red circle\t0.5\n")
+    r = _cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
+             "--thresholds-file", str(th), str(img))
+    assert r.returncode == 2 and "no threshold for blue square" in r.stderr

@@ -86,6 +86,16 @@ def _refresh_index(coll: Any) -> dict[str, Any] | None:
     return refresh_index(coll)
 
 
+def _index_state(coll: Any) -> dict[str, Any] | None:
+    import json as _json
+
+    state = coll.path / "index" / "state.json"
+    try:
+        return _json.loads(state.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _index_text(d: dict[str, Any]) -> str:
     s, e, c = d["sync"], d["encode"], d["collection"]
     lines = [
@@ -109,6 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _emit(errors, args.json, lambda rows: "\n".join(f"{r['path']}\t{r['error']}" for r in rows) or "no errors")
     else:
         stats = coll.stats()
+        stats["index"] = _index_state(coll)
         stats["encoder_spec"] = coll.manifest["encoder"]
         _emit(stats, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items() if k != "encoder_spec"))
     coll.close()

@@ -26,6 +26,31 @@ def _labels(args: argparse.Namespace) -> list[str]:
     raise ConfigError("give the labels with --labels a,b,c or --labels-file FILE")
 
 
+def _thresholds(args: argparse.Namespace, labels: list[str]) -> float | list[float]:
+    """One cosine threshold for all labels, or one per label from a ``LABEL<TAB>THRESHOLD`` file."""
+    if args.thresholds_file:
+        per: dict[str, float] = {}
+        try:
+            lines = Path(args.thresholds_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read thresholds file {args.thresholds_file}: {exc.strerror}") from exc
+        for n, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            label, _, value = line.rpartition("\t") if "\t" in line else line.rpartition(" ")
+            try:
+                per[label.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(f"{args.thresholds_file}:{n}: expected 'LABEL<TAB>THRESHOLD'") from None
+        missing = [lab for lab in labels if lab not in per and args.threshold is None]
+        if missing:
+            raise ConfigError(f"no threshold for {', '.join(missing)} (add them to the file or give --threshold)")
+        return [per.get(lab, args.threshold) for lab in labels]  # type: ignore[misc]
+    if args.threshold is None:
+        raise ConfigError("--multi-label needs --threshold (cosine similarity, e.g. 0.25) or --thresholds-file")
+    return args.threshold
+
+
 def _out(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     sys.stdout.write((json.dumps(data, indent=2, default=str) if as_json else text(data)) + "\n")
 
@@ -50,9 +75,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.all):
         raise ConfigError("give IMAGE paths or --all (the whole collection), not both or neither")
     _labels(args)  # fail fast on label errors before loading a model
-    thresholds = args.threshold if args.multi_label else None
-    if args.multi_label and thresholds is None:
-        raise ConfigError("--multi-label needs --threshold (cosine similarity, e.g. 0.25)")
+    thresholds = _thresholds(args, _labels(args)) if args.multi_label else None
     settings = _settings(args)
     if args.all:
         coll, encoder = open_with_encoder(settings, model_given=args.model is not None)
@@ -146,6 +169,7 @@ def register(sub: Any, common: Callable[[Any], None], model_args: Callable[[Any]
     p.add_argument("-k", type=int, default=3, help="top-k labels per photo (default 3; 1 for --all tagging)")
     p.add_argument("--multi-label", action="store_true", help="every label whose cosine reaches --threshold")
     p.add_argument("--threshold", type=float, help="cosine similarity threshold for --multi-label")
+    p.add_argument("--thresholds-file", help="per-label thresholds for --multi-label: LABEL<TAB>THRESHOLD lines")
     p.add_argument("--min-score", type=float, default=0.0, help="with --all: store only labels with this probability")
     p.add_argument("--taxonomy", help="with --all: name under which tags are stored (replaces earlier ones)")
     common(p)
