@@ -40,6 +40,13 @@ class RunSummary:
                 "seconds": round(self.seconds, 3), "collection": self.stats}
 
 
+def check_roots(roots: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse missing paths up front, before any model is loaded or collection created."""
+    missing = [str(r) for r in roots if not os.path.exists(r)]
+    if missing:
+        raise ConfigError(f"path not found: {', '.join(missing)}")
+
+
 def index_paths(
     coll: Collection,
     encoder: Encoder,
@@ -50,9 +57,7 @@ def index_paths(
     """Index ``roots`` into ``coll`` incrementally and resumably."""
     options = options or RunOptions()
     coll.check_encoder(encoder.spec)
-    missing = [str(r) for r in roots if not os.path.exists(r)]
-    if missing:
-        raise ConfigError(f"path not found: {', '.join(missing)}")
+    check_roots(roots)
     start = time.perf_counter()
     sync = sync_catalog(coll, roots, options.include, options.exclude,
                         hash_threads=max(2, options.workers), retry_errors=options.retry_errors, progress=progress)

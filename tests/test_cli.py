@@ -62,3 +62,10 @@ def test_invalid_setting_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     assert main(["info", "--collection", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "invalid setting batch_size" in err and "Traceback" not in err
+
+
+def test_missing_photo_folder_is_refused_before_any_model_loads(tmp_path):
+    # the default model would need a download; the path check must come first and fail fast
+    r = _photodex("index", str(tmp_path / "no-such-folder"), "--collection", str(tmp_path / "c"), check_rc=2)
+    assert "path not found" in r.stderr and "could not load encoder" not in r.stderr
+    assert not (tmp_path / "c").exists()

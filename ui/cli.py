@@ -49,12 +49,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer.run import RunOptions, index_paths
+    from indexer.run import RunOptions, check_roots, index_paths
 
     from .context import open_with_encoder
     from .progress import TqdmProgress
 
     settings = _settings(args)
+    check_roots(args.paths)
     coll, encoder = open_with_encoder(settings, model_given=args.model is not None, create=True)
     options = RunOptions(
         batch_size=settings.batch_size,
