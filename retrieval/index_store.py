@@ -36,7 +36,8 @@ def _paths(coll: Collection) -> tuple[Path, Path]:
     return folder / INDEX_FILE, folder / STATE_FILE
 
 
-def _state(coll: Collection) -> dict[str, Any]:
+def index_state(coll: Collection) -> dict[str, Any]:
+    """What the index file was built from (generation, type, parameters); empty if none yet."""
     _, state_path = _paths(coll)
     try:
         return json.loads(state_path.read_text())
@@ -57,7 +58,7 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
     """Bring the index file up to date with the catalog; returns what was done."""
     index_path, state_path = _paths(coll)
     generation = coll.catalog.generation()
-    state = _state(coll)
+    state = index_state(coll)
     if not force_rebuild and state.get("generation") == generation and index_path.exists():
         return {**state, "action": "up-to-date"}
     ids, vecs = coll.load_vectors()

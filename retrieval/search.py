@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,7 +119,7 @@ class Searcher:
         options = options or SearchOptions()
         if photo_id is not None:
             vec = self.id_vector(photo_id)
-            options = SearchOptions(**{**options.__dict__, "exclude_ids": (*options.exclude_ids, photo_id)})
+            options = replace(options, exclude_ids=(*options.exclude_ids, photo_id))
         else:
             vec = self.image_vector(data=data, path=path)
         return self.search_vector(vec, options)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from indexer.errors import PhotodexError
 from indexer.settings import Settings, get_settings
 
+from .output import emit
+
 log = logging.getLogger("photodex")
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-
-
-def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    sys.stdout.write((json.dumps(data, indent=2, default=str) if as_json else text(data)) + "\n")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -50,6 +47,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 # ---- commands -------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
+    from retrieval.index_store import refresh_index
 
     from .context import open_with_encoder
     from .progress import TqdmProgress
@@ -71,30 +69,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     data = summary.as_dict()
-    index_info = _refresh_index(coll)
-    if index_info:
-        data["index"] = index_info
-    _emit(data, args.json, _index_text)
+    data["index"] = refresh_index(coll)
+    emit(data, args.json, _index_text)
     coll.close()
     return EXIT_OK
-
-
-def _refresh_index(coll: Any) -> dict[str, Any] | None:
-    try:
-        from retrieval.index_store import refresh_index
-    except ImportError:  # retrieval layer not installed in this build
-        return None
-    return refresh_index(coll)
-
-
-def _index_state(coll: Any) -> dict[str, Any] | None:
-    import json as _json
-
-    state = coll.path / "index" / "state.json"
-    try:
-        return _json.loads(state.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _index_text(d: dict[str, Any]) -> str:
@@ -112,17 +90,18 @@ def _index_text(d: dict[str, Any]) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from indexer.collection import Collection
+    from retrieval.index_store import index_state
 
     settings = _settings(args)
     coll = Collection.open(settings.collection, settings.database_url)
     if args.errors:
         errors = coll.errors()
-        _emit(errors, args.json, lambda rows: "\n".join(f"{r['path']}\t{r['error']}" for r in rows) or "no errors")
+        emit(errors, args.json, lambda rows: "\n".join(f"{r['path']}\t{r['error']}" for r in rows) or "no errors")
     else:
         stats = coll.stats()
-        stats["index"] = _index_state(coll)
+        stats["index"] = index_state(coll) or None
         stats["encoder_spec"] = coll.manifest["encoder"]
-        _emit(stats, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items() if k != "encoder_spec"))
+        emit(stats, args.json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items() if k != "encoder_spec"))
     coll.close()
     return EXIT_OK
 

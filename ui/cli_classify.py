@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from indexer.errors import ConfigError
+
+from .output import emit
 
 
 def _labels(args: argparse.Namespace) -> list[str]:
@@ -51,16 +51,12 @@ def _thresholds(args: argparse.Namespace, labels: list[str]) -> float | list[flo
     return args.threshold
 
 
-def _out(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    sys.stdout.write((json.dumps(data, indent=2, default=str) if as_json else text(data)) + "\n")
-
-
-def _classifier(args: argparse.Namespace, encoder: Any, cache_dir: Path | None) -> Any:
+def _classifier(args: argparse.Namespace, labels: list[str], encoder: Any, cache_dir: Path | None) -> Any:
     from retrieval.classify import ZeroShotClassifier
     from retrieval.templates import TemplateError
 
     try:
-        return ZeroShotClassifier(encoder, _labels(args), args.templates, cache_dir=cache_dir)
+        return ZeroShotClassifier(encoder, labels, args.templates, cache_dir=cache_dir)
     except (TemplateError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -74,30 +70,30 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.all):
         raise ConfigError("give IMAGE paths or --all (the whole collection), not both or neither")
-    _labels(args)  # fail fast on label errors before loading a model
-    thresholds = _thresholds(args, _labels(args)) if args.multi_label else None
+    labels = _labels(args)  # read once; fails fast on label errors before loading a model
+    thresholds = _thresholds(args, labels) if args.multi_label else None
     settings = _settings(args)
     if args.all:
         coll, encoder = open_with_encoder(settings, model_given=args.model is not None)
         try:
-            clf = _classifier(args, encoder, coll.path / "zeroshot")
+            clf = _classifier(args, labels, encoder, coll.path / "zeroshot")
             taxonomy = args.taxonomy or "zeroshot"
             result = tag_library(coll, clf, taxonomy, k=args.k, min_score=args.min_score, thresholds=thresholds)
         finally:
             coll.close()
-        _out(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
+        emit(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
              f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items()))
         return 0
     model, pretrained = encoder_choice(settings, args.model is not None)
     encoder = load_encoder(model, pretrained, settings.device, settings.precision)
-    clf = _classifier(args, encoder, None)
+    clf = _classifier(args, labels, encoder, None)
     results = [r.as_dict() for r in classify_files(clf, args.images, k=args.k, thresholds=thresholds)]
 
     def text(rows: list[dict[str, Any]]) -> str:
         return "\n".join(f"{r['source']}: " + (r["error"] or ", ".join(f"{x['label']} {x['score']:.3f}"
                                                                         for x in r["labels"]) or "-") for r in rows)
 
-    _out(results, args.json, text)
+    emit(results, args.json, text)
     return 0
 
 
@@ -111,7 +107,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
     coll = Collection.open(settings.collection, settings.database_url)
     rows = list_tags(coll, args.taxonomy)
     coll.close()
-    _out(rows, args.json, lambda rs: "\n".join(f"{r['taxonomy']}\t{r['label']}\t{r['photos']}" for r in rs) or "no tags")
+    emit(rows, args.json, lambda rs: "\n".join(f"{r['taxonomy']}\t{r['label']}\t{r['photos']}" for r in rs) or "no tags")
     return 0
 
 
@@ -149,7 +145,7 @@ def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
             lines.append("top confusions: " + ", ".join(f"{a}->{b} ({n})" for a, b, n in zs["confusions"][:5]))
         return "\n".join(lines)
 
-    _out(report, args.json, text)
+    emit(report, args.json, text)
     return 0
 
 

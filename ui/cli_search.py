@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from indexer.errors import ConfigError
+
+from .output import emit
 
 
 def _hits_text(hits: list[dict[str, Any]]) -> str:
@@ -54,7 +54,7 @@ def _run_search(args: argparse.Namespace, do: Callable[[Any, Any], list[Any]]) -
     finally:
         coll.close()
     data = [h.as_dict() for h in hits]
-    sys.stdout.write((json.dumps(data, indent=2, default=str) if args.json else _hits_text(data)) + "\n")
+    emit(data, args.json, _hits_text)
     return 0
 
 
