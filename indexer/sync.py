@@ -120,16 +120,19 @@ def sync_catalog(
     return report
 
 
-def _upsert_file(s, path: bytes, size: int, mtime_ns: int, photo_id: int | None, error: str | None) -> None:  # noqa: ANN001
-    row = s.execute(select(PhotoFile).where(PhotoFile.path_bytes == path)).scalar_one_or_none()
-    if row is None:
-        text = display_path(path)
-        row = s.execute(select(PhotoFile).where(PhotoFile.path == text)).scalar_one_or_none()
-    if row is None:
-        s.add(PhotoFile(path=display_path(path), path_bytes=path, size=size, mtime_ns=mtime_ns,
-                        photo_id=photo_id, error=error))
-    else:
-        row.path_bytes, row.size, row.mtime_ns, row.photo_id, row.error = path, size, mtime_ns, photo_id, error
+FileRow = tuple[bytes, int, int, "int | None", "str | None"]  # path, size, mtime_ns, photo_id, error
+
+
+def _upsert_files(s, rows: list[FileRow]) -> None:  # noqa: ANN001 - an open Session
+    """Insert or update path rows; one query finds the existing ones (``path`` is the unique key)."""
+    texts = [display_path(path) for path, *_ in rows]
+    existing = {f.path: f for f in s.scalars(select(PhotoFile).where(PhotoFile.path.in_(texts)))} if texts else {}
+    for text, (path, size, mtime_ns, photo_id, error) in zip(texts, rows):
+        row = existing.get(text)
+        if row is None:
+            s.add(PhotoFile(path=text, path_bytes=path, size=size, mtime_ns=mtime_ns, photo_id=photo_id, error=error))
+        else:
+            row.path_bytes, row.size, row.mtime_ns, row.photo_id, row.error = path, size, mtime_ns, photo_id, error
 
 
 def _commit_hashed(coll: Collection, results: list[tuple[ScannedFile, str | None, str | None]], report: SyncReport) -> None:
@@ -137,11 +140,12 @@ def _commit_hashed(coll: Collection, results: list[tuple[ScannedFile, str | None
     with coll.catalog.session() as s, s.begin():
         shas = {sha for _, sha, _ in results if sha}
         existing = dict(s.execute(select(Photo.sha256, Photo.id).where(Photo.sha256.in_(shas))).all()) if shas else {}
+        rows: list[FileRow] = []
         for entry, sha, error in results:
             report.hashed += 1
             if sha is None:
                 report.file_errors += 1
-                _upsert_file(s, entry.path, entry.size, entry.mtime_ns, None, error)
+                rows.append((entry.path, entry.size, entry.mtime_ns, None, error))
                 continue
             photo_id = existing.get(sha)
             if photo_id is None:
@@ -152,7 +156,8 @@ def _commit_hashed(coll: Collection, results: list[tuple[ScannedFile, str | None
                 report.new_photos += 1
             else:
                 report.linked_existing += 1
-            _upsert_file(s, entry.path, entry.size, entry.mtime_ns, photo_id, None)
+            rows.append((entry.path, entry.size, entry.mtime_ns, photo_id, None))
+        _upsert_files(s, rows)
 
 
 def _record_problems(coll: Collection, problems: list[ScanProblem], report: SyncReport) -> None:
@@ -161,8 +166,8 @@ def _record_problems(coll: Collection, problems: list[ScanProblem], report: Sync
     with coll.catalog.session() as s, s.begin():
         for p in problems:
             log.warning("skipping %s: %s", display_path(p.path), p.reason)
-            report.file_errors += 1
-            _upsert_file(s, p.path, 0, 0, None, p.reason)
+        report.file_errors += len(problems)
+        _upsert_files(s, [(p.path, 0, 0, None, p.reason) for p in problems])
 
 
 def _remove(coll: Collection, gone: list[bytes], report: SyncReport) -> None:
