@@ -57,11 +57,10 @@ def resolve_device(requested: str = "auto") -> tuple[str, str]:
 
 
 def _autocast_dtype(device: str, precision: str) -> torch.dtype | None:
+    """Autocast dtype on CUDA: bf16 when asked for, fp16 otherwise (``auto``/``fp16``); none on CPU or fp32."""
     if device != "cuda" or precision == "fp32":
         return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def _is_local_path(value: str | None) -> bool:
@@ -128,25 +127,21 @@ class Encoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Encode texts into unit vectors; recently seen texts come from a cache."""
         texts = list(texts)
-        out = np.zeros((len(texts), self.spec.embed_dim), np.float32)
-        missing = [i for i, t in enumerate(texts) if t not in self._text_cache]
-        if missing:
-            todo = list(dict.fromkeys(texts[i] for i in missing))
+        unique = list(dict.fromkeys(texts))
+        known = {t: v for t in unique if (v := self._text_cache.get(t)) is not None}
+        todo = [t for t in unique if t not in known]
+        if todo:
             tokens = self.tokenizer(todo).to(self.device)
             with self._lock, torch.inference_mode(), self._autocast():
                 vecs = _normalise(self.model.encode_text(tokens))
+            known.update(zip(todo, vecs))
             for text, vec in zip(todo, vecs):
                 self._text_cache[text] = vec
                 while len(self._text_cache) > self._text_cache_size:
                     self._text_cache.popitem(last=False)
-        for i, t in enumerate(texts):
-            vec = self._text_cache.get(t)
-            if vec is None:  # evicted within this call (huge batch): encode directly
-                tokens = self.tokenizer([t]).to(self.device)
-                with torch.inference_mode(), self._autocast():
-                    vec = _normalise(self.model.encode_text(tokens))[0]
-            out[i] = vec
-        return out
+        if not texts:
+            return np.zeros((0, self.spec.embed_dim), np.float32)
+        return np.stack([known[t] for t in texts])
 
 
 def _build_spec(model_name: str, pretrained: str | None, model: torch.nn.Module) -> EncoderSpec:
