@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,19 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", errors="backslashreplace")
 
 
+def _has_photo_extension(name: bytes, extensions: frozenset[str]) -> bool:
+    return os.path.splitext(name)[1].decode(errors="replace").lower() in extensions
+
+
+def _stat(path: bytes, what: str, report: Callable[[ScanProblem], None]) -> os.stat_result | None:
+    """``os.stat`` following links; a failure is reported as ``"{what}: {reason}"`` and gives None."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        report(ScanProblem(path, f"{what}: {exc.strerror}"))
+        return None
+
+
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
@@ -51,27 +65,22 @@ def scan(
     the file name. Directories are visited once by (device, inode), so symlink cycles end.
     Unreadable folders are reported through ``problems`` and skipped.
     """
+    report: Callable[[ScanProblem], None] = problems.append if problems is not None else (lambda _p: None)
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
         root_b = os.fsencode(os.path.abspath(os.fspath(root)))
-        try:
-            st = os.stat(root_b)
-        except OSError as exc:
-            if problems is not None:
-                problems.append(ScanProblem(root_b, f"cannot read: {exc.strerror}"))
+        st = _stat(root_b, "cannot read", report)
+        if st is None:
             continue
-        if not os.path.isdir(root_b):
-            if os.path.splitext(root_b)[1].decode(errors="replace").lower() in extensions:
+        if not stat.S_ISDIR(st.st_mode):
+            if _has_photo_extension(root_b, extensions):
                 yield ScannedFile(root_b, st.st_size, st.st_mtime_ns)
             continue
         stack = [root_b]
         while stack:
             folder = stack.pop()
-            try:
-                st = os.stat(folder)
-            except OSError as exc:
-                if problems is not None:
-                    problems.append(ScanProblem(folder, f"cannot read folder: {exc.strerror}"))
+            st = _stat(folder, "cannot read folder", report)
+            if st is None:
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen_dirs:
@@ -81,8 +90,7 @@ def scan(
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:
-                if problems is not None:
-                    problems.append(ScanProblem(folder, f"cannot list folder: {exc.strerror}"))
+                report(ScanProblem(folder, f"cannot list folder: {exc.strerror}"))
                 continue
             subdirs = []
             for entry in entries:
@@ -95,18 +103,14 @@ def scan(
                     if not entry.name.startswith(b".") and not (exclude and _matches(rel + "/", exclude)):
                         subdirs.append(entry.path)
                     continue
-                ext = os.path.splitext(entry.name)[1].decode(errors="replace").lower()
-                if ext not in extensions or entry.name.startswith(b"."):
+                if not _has_photo_extension(entry.name, extensions) or entry.name.startswith(b"."):
                     continue
                 if include and not _matches(rel, include):
                     continue
                 if exclude and _matches(rel, exclude):
                     continue
-                try:
-                    fst = entry.stat(follow_symlinks=True)
-                except OSError as exc:
-                    if problems is not None:
-                        problems.append(ScanProblem(entry.path, f"cannot stat: {exc.strerror}"))
+                fst = _stat(entry.path, "cannot stat", report)
+                if fst is None:
                     continue
                 yield ScannedFile(entry.path, fst.st_size, fst.st_mtime_ns)
             stack.extend(reversed(subdirs))
