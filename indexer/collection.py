@@ -42,6 +42,21 @@ def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
     return arr
 
 
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The collection's manifest, checked for format version; a clear error if there is none."""
+    manifest_path = root / MANIFEST
+    if not manifest_path.exists():
+        raise CollectionError(f"no collection at {root} (no {MANIFEST}); create one with `photodex index PATH`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"cannot read {manifest_path}: {exc}") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CollectionError(f"{manifest_path} has format version {version}; this photodex reads {FORMAT_VERSION}")
+    return manifest
+
+
 class Collection:
     """An opened collection. Use :meth:`open` (read) or :meth:`open_for_encoder` (index)."""
 
@@ -59,16 +74,7 @@ class Collection:
     def open(cls, path: str | os.PathLike[str], database_url: str | None = None) -> "Collection":
         """Open an existing collection; a clear error if there is none."""
         root = Path(path).expanduser()
-        manifest_path = root / MANIFEST
-        if not manifest_path.exists():
-            raise CollectionError(f"no collection at {root} (no {MANIFEST}); create one with `photodex index PATH`")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"cannot read {manifest_path}: {exc}") from exc
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CollectionError(f"{manifest_path} has format version {version}; this photodex reads {FORMAT_VERSION}")
+        manifest = read_manifest(root)
         return cls(root, manifest, Catalog(cls._database_url(root, database_url)))
 
     @classmethod

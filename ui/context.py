@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from indexer.collection import MANIFEST, Collection
+from indexer.collection import MANIFEST, Collection, read_manifest
 from indexer.encoders import Encoder, load_encoder
 from indexer.settings import Settings
+from indexer.spec import EncoderSpec
 
 
 def encoder_choice(settings: Settings, model_given: bool) -> tuple[str, str | None]:
     """The model to use: the explicit one, else the collection's own, else the default setting."""
-    manifest = Path(settings.collection) / MANIFEST
-    if not model_given and "PHOTODEX_MODEL" not in os.environ and manifest.exists():
-        try:
-            enc = json.loads(manifest.read_text())["encoder"]
-            return enc["model"], enc.get("pretrained")
-        except (OSError, ValueError, KeyError):
-            pass
+    if not model_given and "PHOTODEX_MODEL" not in os.environ and (Path(settings.collection) / MANIFEST).exists():
+        spec = EncoderSpec.from_dict(read_manifest(Path(settings.collection))["encoder"])
+        return spec.model, spec.pretrained
     return settings.model, settings.pretrained
 
 
