@@ -8,11 +8,6 @@ Regenerate the artefacts with::
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 from collections import Counter
 from pathlib import Path
 

@@ -8,23 +8,19 @@ in-process, no weights downloaded). Accuracy tests use synthetic data, see
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from retrieval.templates import (  # noqa: E402
+from retrieval.templates import (
     TemplateError,
     ensure_templates,
     list_template_sets,
     load_templates,
     validate_template,
 )
-from retrieval.zeroshot import (  # noqa: E402
+from retrieval.zeroshot import (
     ZeroShotCache,
     build_zero_shot_weights,
     classifier_key,
@@ -39,7 +35,11 @@ from retrieval.zeroshot import (  # noqa: E402
     validate_classnames,
     zero_shot_probs,
 )
-from retrieval.zeroshot_eval import compare_templates, evaluate_scores, evaluate_zero_shot  # noqa: E402
+from retrieval.zeroshot_eval import (
+    compare_templates,
+    evaluate_scores,
+    evaluate_zero_shot,
+)
 
 TINY_MODEL = "photodex-tiny-zeroshot-test"
 TINY_CONFIG = {
@@ -175,7 +175,10 @@ def test_encode_texts_bad_shape_raises():
 
 
 def test_builtin_template_sets():
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import (
+        OPENAI_IMAGENET_TEMPLATES,
+        SIMPLE_IMAGENET_TEMPLATES,
+    )
 
     assert {"imagenet80", "imagenet7", "photos"} <= set(list_template_sets())
     assert load_templates("imagenet80") == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
