@@ -131,6 +131,12 @@ class Collection:
     def dim(self) -> int:
         return int(self.manifest["encoder"]["embed_dim"])
 
+    def vector_ids(self) -> np.ndarray:
+        """Sorted ids of every photo with a stored vector (no vector bytes are read)."""
+        with self.catalog.session() as s:
+            ids = s.scalars(select(Embedding.photo_id).order_by(Embedding.photo_id)).all()
+        return np.asarray(ids, dtype=np.int64)
+
     def load_vectors(self, photo_ids: np.ndarray | None = None, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
         """All (or the given) stored vectors as ``(ids int64, vectors float32 unit-norm)``."""
         ids: list[int] = []

@@ -61,7 +61,7 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
     state = index_state(coll)
     if not force_rebuild and state.get("generation") == generation and index_path.exists():
         return {**state, "action": "up-to-date"}
-    ids, vecs = coll.load_vectors()
+    ids = coll.vector_ids()
     spec = choose_index_spec(max(len(ids), 1), coll.dim)
     action = "rebuilt"
     index: VectorIndex | None = None
@@ -70,12 +70,13 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
             index = VectorIndex.load(index_path, mmap=False)
             have = index.ids
             gone = np.setdiff1d(have, ids)
-            new_mask = ~np.isin(ids, have)
+            new_ids = np.setdiff1d(ids, have)
             if len(gone):
                 index.remove(gone)
-            if new_mask.any():
-                index.add(ids[new_mask], vecs[new_mask])
-            action = f"updated (+{int(new_mask.sum())} -{len(gone)})"
+            if len(new_ids):  # read only the vectors the index lacks
+                got, vecs = coll.load_vectors(new_ids)
+                index.add(got, vecs)
+            action = f"updated (+{len(new_ids)} -{len(gone)})"
             if index.needs_rebuild:
                 index = None
         except Exception as exc:  # noqa: BLE001 - a broken derived file is rebuilt, never fatal
@@ -83,6 +84,7 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
             index = None
     if index is None:
         action = "rebuilt"
+        ids, vecs = coll.load_vectors()
         index = VectorIndex.build(ids, vecs, spec) if len(ids) else VectorIndex(coll.dim, spec)
     index.save(index_path)
     new_state = {"generation": generation, "factory": index.spec.factory, "kind": index.spec.kind,
