@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -51,18 +52,15 @@ class PhotoDataset(Dataset):
     """Decodes and preprocesses photos in DataLoader workers; failures become error items."""
 
     def __init__(self, items: list[tuple[int, bytes]], preprocess: Callable[[Image.Image], torch.Tensor],
-                 target_size: int, max_image_pixels: int) -> None:
+                 target_size: int) -> None:
         self.items = items
         self.preprocess = preprocess
         self.target_size = target_size
-        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, PhotoFacts | None, str | None]:
-        Image.MAX_IMAGE_PIXELS = self.max_image_pixels
-        register_heif()
         photo_id, path = self.items[i]
         try:
             img, facts = decode_photo(path, self.target_size)
@@ -102,9 +100,17 @@ def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
     return [(int(pid), bytes(path)) for pid, path in rows]
 
 
+def configure_decoding(max_image_pixels: int, _worker_id: int | None = None) -> None:
+    """Per-process decoder set-up: the bomb limit and HEIC support (DataLoader ``worker_init_fn``)."""
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    register_heif()
+
+
 def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: int, workers: int,
                 max_image_pixels: int) -> DataLoader:
-    dataset = PhotoDataset(items, encoder.preprocess, encoder.image_size, max_image_pixels)
+    dataset = PhotoDataset(items, encoder.preprocess, encoder.image_size)
+    if workers == 0:
+        configure_decoding(max_image_pixels)  # decoding happens in this process
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -113,6 +119,7 @@ def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: in
         prefetch_factor=4 if workers > 0 else None,
         pin_memory=encoder.device == "cuda",
         persistent_workers=False,
+        worker_init_fn=partial(configure_decoding, max_image_pixels) if workers > 0 else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -99,8 +100,6 @@ class Searcher:
         return decode_vectors([blob], self.coll.dim)[0]
 
     def _stored_vector_for_path(self, path: str) -> np.ndarray | None:
-        import os
-
         with self.coll.catalog.session() as s:
             pid = s.scalar(select(PhotoFile.photo_id).where(PhotoFile.path == os.path.abspath(path)))
         if pid is None:

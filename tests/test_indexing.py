@@ -195,3 +195,14 @@ def test_catalog_on_postgresql(tmp_path, tiny_encoder, pg_database_url):
     assert summary.sync.removed_photos == 1 and summary.sync.removed_files == 2
     assert len(coll.load_vectors()[0]) == 5
     coll.close()
+
+
+def test_bomb_limit_applies_inside_decode_workers(tmp_path, tiny_encoder):
+    lib = tmp_path / "lib"
+    random_photo(lib / "small.jpg", size=(40, 30))
+    Image.new("L", (3000, 3000)).save(lib / "big.png")  # 9 MP, over the 1 MP limit set below
+    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib],
+                        opts=RunOptions(batch_size=4, workers=1, max_image_pixels=1_000_000))
+    assert summary.encode.encoded == 1 and summary.encode.errors == 1
+    errors = Collection.open(tmp_path / "coll").errors()
+    assert [Path(e["path"]).name for e in errors] == ["big.png"] and "decompression-bomb" in errors[0]["error"]
