@@ -156,6 +156,13 @@ class Collection:
                     blobs.append(blob)
         return np.asarray(ids, dtype=np.int64), decode_vectors(blobs, self.dim)
 
+    def vectors_in_order(self, photo_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors for ``photo_ids`` in the order given; ids without a vector are left out."""
+        got, vecs = self.load_vectors(np.asarray(photo_ids))
+        pos = {int(i): n for n, i in enumerate(got)}
+        keep = [int(i) for i in photo_ids if int(i) in pos]
+        return np.asarray(keep, dtype=np.int64), vecs[[pos[i] for i in keep]]
+
     # ---- facts ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self.catalog.session() as s:

@@ -47,9 +47,10 @@ def index_state(coll: Collection) -> dict[str, Any]:
 
 def _lookup(coll: Collection):  # noqa: ANN202 - returns the VectorsLookup callable
     def lookup(ids: np.ndarray) -> np.ndarray:
-        got_ids, vecs = coll.load_vectors(np.asarray(ids))
-        order = {int(i): n for n, i in enumerate(got_ids)}
-        return vecs[[order[int(i)] for i in ids]]
+        got, vecs = coll.vectors_in_order(ids)
+        if len(got) != len(ids):
+            raise KeyError(f"{len(ids) - len(got)} of the requested photo ids have no stored vector")
+        return vecs
 
     return lookup
 

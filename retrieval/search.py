@@ -160,10 +160,7 @@ class Searcher:
         """Greedy near-duplicate grouping in rank order: each group is [kept id, *collapsed ids]."""
         if threshold is None or len(ids) < 2:
             return [[int(i)] for i in ids]
-        got, vecs = self.coll.load_vectors(ids)
-        pos = {int(i): n for n, i in enumerate(got)}
-        vecs = vecs[[pos[int(i)] for i in ids if int(i) in pos]]
-        ids = np.asarray([i for i in ids if int(i) in pos])
+        ids, vecs = self.coll.vectors_in_order(ids)
         groups: list[list[int]] = []
         kept_vecs: list[np.ndarray] = []
         for i, v in zip(ids.tolist(), vecs):
