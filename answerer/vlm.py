@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image
 
+from indexer.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["VLM", "VLMLoadError"]
@@ -30,7 +32,7 @@ HOW_TO_SUPPLY_VLM = (
 )
 
 
-class VLMLoadError(RuntimeError):
+class VLMLoadError(ConfigError):
     """The VLM (or its processor) could not be loaded."""
 
 

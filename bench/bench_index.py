@@ -22,9 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval.index_choice import (choose_index_spec, default_nlist, estimate_memory_bytes,  # noqa: E402
-                                    flat_spec, hnsw_spec, ivf_spec, recall_at_k)
-from retrieval.vector_index import SearchParams, VectorIndex  # noqa: E402
+from retrieval.index.choice import (SearchParams, choose_index_spec, default_nlist,  # noqa: E402
+                                    estimate_memory_bytes, flat_spec, hnsw_spec, ivf_spec)
+from retrieval.index.recall import recall_at_k  # noqa: E402
+from retrieval.index.vector_index import VectorIndex  # noqa: E402
 
 
 def rss_mb() -> float:

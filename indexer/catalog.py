@@ -82,6 +82,14 @@ class Catalog:
             row = s.get(Meta, key)
             return row.value if row else default
 
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s, s.begin():
+            row = s.get(Meta, key)
+            if row is None:
+                s.add(Meta(key=key, value=value))
+            else:
+                row.value = value
+
     def bump_generation(self, s: Session) -> int:
         """Increase the vector generation inside an open transaction; indexes compare against it."""
         row = s.execute(select(Meta).where(Meta.key == "generation").with_for_update()).scalar_one_or_none()

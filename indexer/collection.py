@@ -17,33 +17,23 @@ from .catalog import Catalog, sqlite_url
 from .catalog_models import ERROR, INDEXED, Embedding, Photo, PhotoFile
 from .errors import CollectionError, EncoderMismatchError
 from .spec import EncoderSpec
+from .vectors import decode_vectors
+from .writer_lock import WriterLock
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CATALOG_FILE = "catalog.db"
-VECTOR_DTYPE = np.float16
+SPEC_META_KEY = "encoder_spec_id"
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def encode_vector(vec: np.ndarray) -> bytes:
-    return np.asarray(vec, dtype=VECTOR_DTYPE).tobytes()
-
-
-def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
-    if not blobs:
-        return np.zeros((0, dim), np.float32)
-    arr = np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
-    arr /= np.linalg.norm(arr, axis=1, keepdims=True).clip(min=1e-12)  # undo float16 rounding drift
-    return arr
-
-
 def read_manifest(root: Path) -> dict[str, Any]:
-    """The collection's manifest, checked for format version; a clear error if there is none."""
+    """The collection's manifest, checked for format version and shape; a clear error otherwise."""
     manifest_path = root / MANIFEST
     if not manifest_path.exists():
         raise CollectionError(f"no collection at {root} (no {MANIFEST}); create one with `photodex index PATH`")
@@ -51,9 +41,17 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise CollectionError(f"cannot read {manifest_path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise CollectionError(f"{manifest_path} is not a photodex manifest (a JSON object is expected)")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CollectionError(f"{manifest_path} has format version {version}; this photodex reads {FORMAT_VERSION}")
+    encoder = manifest.get("encoder")
+    try:
+        EncoderSpec.from_dict(encoder)  # type: ignore[arg-type]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise CollectionError(f"{manifest_path} has no valid 'encoder' entry (model, embed_dim); "
+                              "restore it or index into a new collection") from None
     return manifest
 
 
@@ -85,7 +83,13 @@ class Collection:
         root = Path(path).expanduser()
         if (root / MANIFEST).exists():
             coll = cls.open(root, database_url)
-            coll.check_encoder(spec)
+            try:
+                coll.check_encoder(spec)
+                if coll.catalog.get_meta(SPEC_META_KEY) is None:
+                    coll.catalog.set_meta(SPEC_META_KEY, spec.id)
+            except BaseException:
+                coll.close()
+                raise
             return coll
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -102,6 +106,14 @@ class Collection:
             "database": "sqlite (catalog.db)" if database_url is None else "external (PHOTODEX_DATABASE_URL)",
         }
         catalog = Catalog(cls._database_url(root, database_url))
+        recorded = catalog.get_meta(SPEC_META_KEY)
+        if recorded is not None and recorded != spec.id:
+            catalog.dispose()
+            raise EncoderMismatchError(
+                f"the catalog of {root} holds vectors of encoder {recorded!r} but its manifest is missing and "
+                f"{spec.id!r} was requested; restore {MANIFEST}, index with that encoder, or use a new --collection")
+        if recorded is None:
+            catalog.set_meta(SPEC_META_KEY, spec.id)
         atomic_write_json(root / MANIFEST, manifest)  # last: a collection exists once its manifest does
         log.info("created collection %s for encoder %s", root, spec.id)
         return cls(root, manifest, catalog)
@@ -198,5 +210,17 @@ class Collection:
                 out.append({"path": path, "error": err})
         return sorted(out, key=lambda r: r["path"])
 
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def writer_lock(self) -> WriterLock:
+        """The collection's writer lock (not yet taken): ``with coll.writer_lock().acquire(wait=...)``."""
+        engine = self.catalog.engine if self.catalog.engine.dialect.name == "postgresql" else None
+        return WriterLock(self.path, engine)
+
     def close(self) -> None:
         self.catalog.dispose()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,6 +17,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 _HEIF_REGISTERED: bool | None = None
@@ -36,7 +38,7 @@ def register_heif() -> bool:
     return _HEIF_REGISTERED
 
 
-class DecodeError(Exception):
+class DecodeError(InputError):
     """A photo that cannot be decoded; the message is the recorded reason."""
 
 

@@ -21,13 +21,14 @@ from sqlalchemy import func, select, update
 from torch.utils.data import DataLoader, Dataset
 
 from .catalog_models import ERROR, INDEXED, PENDING, Embedding, Photo, PhotoFile
-from .collection import Collection, encode_vector
+from .collection import Collection
+from .vectors import encode_vector
 from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
 from .encoders import Encoder
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 FACT_COLUMNS = [f.name for f in fields(PhotoFacts) if f.name != "extra"]
 
 
@@ -41,7 +42,7 @@ class EncodeReport:
     def photos_per_second(self) -> float:
         return (self.encoded + self.errors) / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["photos_per_second"] = round(self.photos_per_second, 2)
         d["seconds"] = round(self.seconds, 3)
@@ -100,6 +101,12 @@ def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
     return [(int(pid), bytes(path)) for pid, path in rows]
 
 
+def pending_count(coll: Collection) -> int:
+    """How many photos wait for a vector (one cheap query; no model needed)."""
+    with coll.catalog.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Photo).where(Photo.status == PENDING)) or 0)
+
+
 def configure_decoding(max_image_pixels: int, _worker_id: int | None = None) -> None:
     """Per-process decoder set-up: the bomb limit and HEIC support (DataLoader ``worker_init_fn``)."""
     Image.MAX_IMAGE_PIXELS = max_image_pixels
@@ -143,7 +150,6 @@ def encode_pending(
     workers: int = 2,
     max_image_pixels: int = 178_956_970,
     progress: Progress | None = None,
-    on_batch_committed: Callable[[int], None] | None = None,
 ) -> EncodeReport:
     """Encode all pending photos of ``coll``; returns counts and throughput."""
     items = pending_items(coll)
@@ -165,7 +171,5 @@ def encode_pending(
         done += len(batch["ids"]) + len(batch["errors"])
         if progress:
             progress("encode", done, len(items))
-        if on_batch_committed:
-            on_batch_committed(done)
     report.seconds = time.perf_counter() - start
     return report

@@ -1,19 +1,28 @@
-"""One indexing run: open the collection for the encoder, sync the catalog, encode what is pending."""
+"""One indexing run: take the writer lock, sync the catalog, encode what is pending.
+
+The encoder may be given as a loader (a zero-argument callable): it is called only when
+something needs encoding, so re-checking an unchanged library never loads a model.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .collection import Collection
-from .encode_run import EncodeReport, Progress, encode_pending
-from .encoders import Encoder
 from .errors import ConfigError
+from .progress import Progress
 from .sync import SyncReport, sync_catalog
+from .writer_lock import WriterLock
+
+if TYPE_CHECKING:
+    from .encode_run import EncodeReport
+    from .encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -26,42 +35,60 @@ class RunOptions:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     retry_errors: bool = False
+    wait: bool = False  # wait for another writer instead of refusing
 
 
 @dataclass
 class RunSummary:
     sync: SyncReport
-    encode: EncodeReport
+    encode: "EncodeReport"
     seconds: float
+    encoder_loaded: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"sync": self.sync.as_dict(), "encode": self.encode.as_dict(),
+    def to_dict(self) -> dict[str, Any]:
+        return {"sync": self.sync.to_dict(), "encode": self.encode.to_dict(), "encoder_loaded": self.encoder_loaded,
                 "seconds": round(self.seconds, 3), "collection": self.stats}
 
 
 def check_roots(roots: Sequence[str | os.PathLike[str]]) -> None:
     """Refuse missing paths up front, before any model is loaded or collection created."""
-    missing = [str(r) for r in roots if not os.path.exists(r)]
+    missing = [str(r) for r in roots if not os.path.lexists(r)]
     if missing:
         raise ConfigError(f"path not found: {', '.join(missing)}")
 
 
 def index_paths(
     coll: Collection,
-    encoder: Encoder,
+    encoder: "Encoder | Callable[[], Encoder]",
     roots: Sequence[str | os.PathLike[str]],
     options: RunOptions | None = None,
     progress: Progress | None = None,
+    lock: WriterLock | None = None,
 ) -> RunSummary:
-    """Index ``roots`` into ``coll`` incrementally and resumably."""
+    """Index ``roots`` into ``coll`` incrementally and resumably, as the collection's one writer.
+
+    ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
+    (refusing with :class:`~indexer.errors.WriterBusyError`, or waiting with ``options.wait``)."""
+    from .encode_run import EncodeReport, encode_pending, pending_count
+
     options = options or RunOptions()
-    coll.check_encoder(encoder.spec)
+    if not callable(encoder) or hasattr(encoder, "spec"):
+        coll.check_encoder(encoder.spec)  # type: ignore[union-attr]
     check_roots(roots)
     start = time.perf_counter()
-    sync = sync_catalog(coll, roots, options.include, options.exclude,
-                        hash_threads=max(2, options.workers), retry_errors=options.retry_errors, progress=progress)
-    log.info("catalog sync: %s", sync.as_dict())
-    encode = encode_pending(coll, encoder, options.batch_size, options.workers, options.max_image_pixels, progress)
-    coll.touch()
-    return RunSummary(sync, encode, time.perf_counter() - start, coll.stats())
+    held = nullcontext(lock) if lock is not None and lock.held else coll.writer_lock().acquire(wait=options.wait)
+    with held:
+        sync = sync_catalog(coll, roots, options.include, options.exclude,
+                            hash_threads=max(2, options.workers), retry_errors=options.retry_errors,
+                            progress=progress)
+        log.info("catalog sync: %s", sync.to_dict())
+        encode, loaded = EncodeReport(), False
+        if pending_count(coll):
+            enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
+            coll.check_encoder(enc.spec)
+            loaded = True
+            encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
+                                    progress)
+        coll.touch()
+    return RunSummary(sync, encode, time.perf_counter() - start, loaded, coll.stats())

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from retrieval.classify import ZeroShotClassifier, classify_files, list_tags, tag_library
-from retrieval.eval_folder import evaluate_image_folder
-from retrieval.filters import parse_filters
-from retrieval.search import Searcher, SearchOptions
+from retrieval.classify.eval_folder import evaluate_image_folder
+from retrieval.classify.tagging import ZeroShotClassifier, classify_files, list_tags, tag_library
+from retrieval.search.filters import parse_filters
+from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline
 from tests.world.generate import CLASSES, write_imagefolder
 from tests.world_collection import build_world_collection

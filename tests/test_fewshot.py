@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.fewshot import (
+from retrieval.classify.fewshot import (
     DEFAULT_ALPHA,
     FewShotHead,
     _prototype_loo_nll,
@@ -19,8 +19,9 @@ from retrieval.fewshot import (
     fit_few_shot,
     prototype_weights,
 )
-from retrieval.zeroshot import normalize_rows, zero_shot_probs
-from retrieval.zeroshot_eval import evaluate_scores
+from retrieval.classify.metrics import evaluate_scores
+from retrieval.classify.scoring import zero_shot_probs
+from retrieval.scoring import l2_normalize as normalize_rows
 
 SCALE = 100.0
 

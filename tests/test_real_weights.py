@@ -17,7 +17,7 @@ def test_zero_shot_on_real_weights():
     open_clip's table: ViT-B-32 (openai) reaches 89.8 % on CIFAR-10.
     """
     from indexer.encoders import load_encoder
-    from retrieval.eval_folder import evaluate_image_folder
+    from retrieval.classify.eval_folder import evaluate_image_folder
 
     spec = os.environ["PHOTODEX_TEST_WEIGHTS"]
     model, _, pretrained = spec.partition(":") if not spec.startswith("local-dir:") else (spec, "", "")

@@ -9,8 +9,9 @@ from PIL import Image
 
 from indexer.errors import EncoderMismatchError
 from indexer.run import RunOptions, index_paths
-from retrieval.filters import FilterError, parse_filters
-from retrieval.search import SearchError, Searcher, SearchOptions
+from retrieval.search.filters import FilterError, parse_filters
+from retrieval.search.query import QueryError
+from retrieval.search.searcher import SearchError, Searcher, SearchOptions
 from tests.world.generate import CLASSES, class_prompt
 from tests.world_collection import build_world_collection
 
@@ -76,14 +77,14 @@ def test_filters_pagination_and_min_score(world, searcher):
     cutoff = top10[4].score
     above = searcher.search_text(q, SearchOptions(k=50, min_score=cutoff, collapse=None))
     assert len(above) >= 5 and all(h.score >= cutoff for h in above)
-    assert searcher.search_text(q, SearchOptions(k=5, min_score=1.01)) == []
+    assert searcher.search_text(q, SearchOptions(k=5, min_score=1.0)) == []
     with pytest.raises(FilterError):
         parse_filters(["colour=red"])
     with pytest.raises(FilterError, match="date"):
         parse_filters(["after=last tuesday"])
-    with pytest.raises(SearchError):
+    with pytest.raises(QueryError):
         searcher.search_text("   ")
-    with pytest.raises(SearchError):
+    with pytest.raises(QueryError):
         searcher.search_text("-red")
 
 

@@ -9,9 +9,10 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.index_choice import (IndexSpec, SearchParams, choose_index_spec, exact_knn,
-                                    flat_spec, hnsw_spec, ivf_spec, measure_recall)
-from retrieval.vector_index import VectorIndex, gpu_available
+from retrieval.index.choice import IndexSpec, SearchParams, choose_index_spec, flat_spec, hnsw_spec, ivf_spec
+from retrieval.index.recall import exact_knn, measure_recall
+from retrieval.index.gpu import gpu_available
+from retrieval.index.vector_index import VectorIndex
 
 N, DIM, CLUSTERS, K = 20_000, 64, 100, 10
 

@@ -13,29 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.templates import (
+from retrieval.classify.templates import (
     TemplateError,
     ensure_templates,
     list_template_sets,
     load_templates,
     validate_template,
 )
-from retrieval.zeroshot import (
-    ZeroShotCache,
-    build_zero_shot_weights,
-    classifier_key,
-    classify_vectors,
-    cosine_scores,
-    encode_prompt_embeddings,
-    expand_prompts,
-    multi_label,
-    normalize_rows,
-    softmax,
-    top_k,
-    validate_classnames,
-    zero_shot_probs,
-)
-from retrieval.zeroshot_eval import (
+from retrieval.classify.cache import ZeroShotCache
+from retrieval.classify.labels import expand_prompts, validate_classnames
+from retrieval.classify.scoring import classify_vectors, cosine_scores, multi_label, zero_shot_probs
+from retrieval.classify.weights import build_zero_shot_weights, classifier_key, encode_prompt_embeddings
+from retrieval.scoring import l2_normalize as normalize_rows
+from retrieval.scoring import softmax, top_k
+from retrieval.classify.metrics import (
     compare_templates,
     evaluate_scores,
     evaluate_zero_shot,
@@ -408,7 +399,7 @@ def test_evaluate_zero_shot_report():
     assert report.top5 == 1.0
     assert report.per_class == {"dog": 1.0, "cat": pytest.approx(2 / 3), "car": pytest.approx(1 / 3)}
     assert report.confusions == [("cat", "dog", 1), ("car", "dog", 1), ("car", "cat", 1)]
-    assert set(report.as_dict()) == {"n", "top1", "top5", "per_class", "confusions"}
+    assert set(report.to_dict()) == {"n", "top1", "top5", "per_class", "confusions"}
     with pytest.raises(ValueError, match="labels must be in"):
         evaluate_scores(np.ones((2, 3)), np.array([0, 3]))
 

@@ -1,31 +1,76 @@
-"""Shared wiring for the CLI and the API: settings → encoder → collection."""
+"""Shared wiring for the CLI and the API: settings → encoder → collection.
+
+The encoder is chosen by provenance (``Settings.model_fields_set``): an explicitly given model
+(flag or ``PHOTODEX_MODEL``) wins; otherwise an existing collection's own encoder is used; the
+default setting applies only to a new collection.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from indexer.collection import MANIFEST, Collection, read_manifest
-from indexer.encoders import Encoder, load_encoder
 from indexer.settings import Settings
 from indexer.spec import EncoderSpec
 
+if TYPE_CHECKING:
+    from indexer.encoders import Encoder
 
-def encoder_choice(settings: Settings, model_given: bool) -> tuple[str, str | None]:
+
+def encoder_choice(settings: Settings) -> tuple[str, str | None]:
     """The model to use: the explicit one, else the collection's own, else the default setting."""
-    if not model_given and "PHOTODEX_MODEL" not in os.environ and (Path(settings.collection) / MANIFEST).exists():
+    given = {"model", "pretrained"} & settings.model_fields_set
+    if not given and (Path(settings.collection) / MANIFEST).exists():
         spec = EncoderSpec.from_dict(read_manifest(Path(settings.collection))["encoder"])
         return spec.model, spec.pretrained
     return settings.model, settings.pretrained
 
 
-def open_with_encoder(settings: Settings, model_given: bool, create: bool = False) -> tuple[Collection, Encoder]:
-    """Load the encoder and open (or create) the collection, refusing an encoder mismatch."""
-    model, pretrained = encoder_choice(settings, model_given)
-    encoder = load_encoder(model, pretrained, settings.device, settings.precision)
-    if create:
-        coll = Collection.open_for_encoder(settings.collection, encoder.spec, settings.database_url)
-    else:
+def load_chosen_encoder(settings: Settings) -> "Encoder":
+    from indexer.encoders import load_encoder
+
+    model, pretrained = encoder_choice(settings)
+    return load_encoder(model, pretrained, settings.device, settings.precision)
+
+
+def open_for_indexing(settings: Settings) -> tuple[Collection, Callable[[], "Encoder"]]:
+    """(collection, encoder loader) for an index run; the encoder loads only when needed.
+
+    An existing collection opens from its manifest without loading a model (an explicitly given
+    other model is refused once loaded); a new collection needs the encoder's spec first."""
+    if (Path(settings.collection) / MANIFEST).exists():
         coll = Collection.open(settings.collection, settings.database_url)
+        cached: list[Any] = []
+
+        def load() -> "Encoder":
+            if not cached:
+                cached.append(load_chosen_encoder(settings))
+            return cached[0]
+
+        if {"model", "pretrained"} & settings.model_fields_set:
+            try:
+                coll.check_encoder(load().spec)  # refuse a mismatch before touching anything
+            except BaseException:
+                coll.close()
+                raise
+        return coll, load
+    encoder = load_chosen_encoder(settings)
+    coll = Collection.open_for_encoder(settings.collection, encoder.spec, settings.database_url)
+    return coll, lambda: encoder
+
+
+def open_for_search(settings: Settings, text_only: bool = False) -> tuple[Collection, Any]:
+    """Open the collection and an encoder for it, refusing an encoder mismatch.
+
+    ``text_only``: a text search may use the collection's exported text tower when the
+    encoder was not chosen explicitly (no vision tower, no torch)."""
+    coll = Collection.open(settings.collection, settings.database_url)
+    try:
+        encoder = load_chosen_encoder(settings)
         coll.check_encoder(encoder.spec)
+    except BaseException:
+        coll.close()
+        raise
     return coll, encoder

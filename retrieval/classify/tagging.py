@@ -20,9 +20,12 @@ from indexer.catalog_models import Tag
 from indexer.collection import Collection
 from indexer.decode import DecodeError, decode_photo
 from indexer.encoders import Encoder
+from indexer.errors import InputError
 
+from .cache import ZeroShotCache
+from .labels import validate_classnames
+from .scoring import classify_vectors, cosine_scores, multi_label
 from .templates import ensure_templates
-from .zeroshot import ZeroShotCache, classify_vectors, cosine_scores, multi_label, validate_classnames
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class Labelled:
     labels: list[tuple[str, float]]
     error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "labels": [{"label": lab, "score": round(s, 6)} for lab, s in self.labels],
                 "error": self.error}
 
@@ -100,7 +103,7 @@ def tag_library(coll: Collection, clf: ZeroShotClassifier, taxonomy: str, k: int
                 thresholds: float | Sequence[float] | None = None, chunk: int = 65536) -> dict[str, Any]:
     """Tag every indexed photo from its stored vector; replaces the taxonomy's previous tags."""
     if not taxonomy.strip():
-        raise ValueError("taxonomy name must not be empty")
+        raise InputError("taxonomy name must not be empty")
     ids, vecs = coll.load_vectors()
     rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()

@@ -19,6 +19,8 @@ import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from indexer.errors import InputError
+
 __all__ = [
     "TEMPLATE_SET_DIR",
     "TemplateError",
@@ -33,7 +35,7 @@ TEMPLATE_SET_DIR = Path(__file__).resolve().parent / "template_sets"
 _FORMATTER = string.Formatter()
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template set is unknown, empty or contains an invalid template."""
 
 

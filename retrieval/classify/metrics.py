@@ -7,14 +7,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from retrieval.templates import ensure_templates
-from retrieval.zeroshot import (
-    EncodeTexts,
-    encode_prompt_embeddings,
-    normalize_rows,
-    validate_classnames,
-    zero_shot_probs,
-)
+from retrieval.scoring import l2_normalize
+
+from .labels import validate_classnames
+from .scoring import zero_shot_probs
+from .templates import ensure_templates
+from .weights import EncodeTexts, encode_prompt_embeddings
 
 __all__ = [
     "EvalReport",
@@ -40,7 +38,7 @@ class EvalReport:
     per_class: dict[str | int, float] = field(default_factory=dict)
     confusions: list[tuple[str | int, str | int, int]] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         return asdict(self)
 
 
@@ -140,5 +138,5 @@ def compare_templates(
         return evaluate_scores(zero_shot_probs(image_vectors, weights, logit_scale), labels).top1
 
     per_template = [(t, top1(emb[:, j, :])) for j, t in enumerate(templates)]
-    ensemble = normalize_rows(emb.astype(np.float64).mean(axis=1)).astype(np.float32)
+    ensemble = l2_normalize(emb.astype(np.float64).mean(axis=1)).astype(np.float32)
     return TemplateComparison(per_template=per_template, ensemble_top1=top1(ensemble))

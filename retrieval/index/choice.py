@@ -21,9 +21,8 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -157,63 +156,3 @@ def choose_index_spec(n: int, dim: int, *, memory_budget_bytes: int | None = Non
                         memory_budget_bytes, spec.factory)
             return spec
     raise MemoryError(f"no index type fits {memory_budget_bytes} bytes for n={n}, dim={dim}")
-
-
-class _Searchable(Protocol):
-    def search(self, queries: np.ndarray, k: int, *args: Any, **kw: Any) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def topk(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of a (nq, m) score matrix; labels[m]; pads with -inf / -1."""
-    nq, m = scores.shape
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    kk = min(k, m)
-    if kk == 0:
-        return out_s, out_i
-    part = (np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if m > kk
-            else np.tile(np.arange(m), (nq, 1)))
-    ps = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-ps, axis=1, kind="stable")
-    out_s[:, :kk] = np.take_along_axis(ps, order, 1)
-    out_i[:, :kk] = np.asarray(labels)[np.take_along_axis(part, order, 1)]
-    return out_s, out_i
-
-
-def exact_knn(vectors: np.ndarray, queries: np.ndarray, k: int,
-              ids: np.ndarray | None = None, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k in chunks (bounded memory). Returns (scores, ids)."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(q), k), -1, dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        block = np.asarray(vectors[start:start + chunk], dtype=np.float32)
-        lab = (np.arange(start, start + len(block), dtype=np.int64) if ids is None
-               else np.asarray(ids[start:start + len(block)], dtype=np.int64))
-        s, i = topk(q @ block.T, lab, k)
-        cand_i = np.concatenate([best_i, i], 1)
-        best_s, pos = topk(np.concatenate([best_s, s], 1), np.arange(2 * k), k)
-        best_i = np.take_along_axis(cand_i, pos, 1)
-    return best_s, best_i
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of true top-k ids present in the found top-k (per row, averaged)."""
-    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
-    total = int((truth >= 0).sum())
-    return hits / total if total else 1.0
-
-
-def measure_recall(index: _Searchable, vectors: np.ndarray, queries: np.ndarray, k: int = 10, *,
-                   ids: np.ndarray | None = None, params: SearchParams | None = None,
-                   truth: np.ndarray | None = None) -> float:
-    """recall@k of ``index.search`` against exact search over ``vectors`` (labelled ``ids``,
-    default ``arange``). Works for a ``VectorIndex`` or a raw faiss index."""
-    if truth is None:
-        _, truth = exact_knn(vectors, queries, k, ids)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if params is not None:
-        _, found = index.search(q, k, params=params)
-    else:
-        _, found = index.search(q, k)
-    return recall_at_k(np.asarray(found), truth)

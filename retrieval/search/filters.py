@@ -12,9 +12,10 @@ from sqlalchemy import and_, exists, or_, select
 
 from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
 from indexer.collection import Collection
+from indexer.errors import InputError
 
 
-class FilterError(ValueError):
+class FilterError(InputError):
     """A filter that cannot be understood; the message says which and why."""
 
 

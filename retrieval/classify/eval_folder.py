@@ -8,21 +8,23 @@ from typing import Any
 import numpy as np
 
 from indexer.encoders import Encoder
+from indexer.errors import InputError
 from indexer.scan import PHOTO_EXTENSIONS
 
-from .classify import encode_files
 from .fewshot import evaluate as evaluate_head
 from .fewshot import fit_few_shot
+from .metrics import compare_templates, evaluate_zero_shot
+from .split import shots_split
+from .tagging import encode_files
 from .templates import ensure_templates
-from .zeroshot import build_zero_shot_weights
-from .zeroshot_eval import compare_templates, evaluate_zero_shot
+from .weights import build_zero_shot_weights
 
 
 def read_image_folder(folder: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """(class names from sub-folder names, image paths, integer labels)."""
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder (expected one sub-folder per class)")
+        raise InputError(f"{root} is not a folder (expected one sub-folder per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     paths, labels = [], []
     for c, name in enumerate(classes):
@@ -31,19 +33,8 @@ def read_image_folder(folder: str | Path) -> tuple[list[str], list[str], np.ndar
                 paths.append(str(f))
                 labels.append(c)
     if len(classes) < 2 or not paths:
-        raise ValueError(f"{root} needs at least two class sub-folders with images")
+        raise InputError(f"{root} needs at least two class sub-folders with images")
     return [c.replace("_", " ") for c in classes], paths, np.asarray(labels, dtype=np.int64)
-
-
-def _split_shots(labels: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    train = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        train.extend(rng.permutation(idx)[:shots])
-    train_idx = np.sort(np.asarray(train, dtype=np.int64))
-    test_idx = np.setdiff1d(np.arange(len(labels)), train_idx)
-    return train_idx, test_idx
 
 
 def evaluate_image_folder(encoder: Encoder, folder: str | Path, templates: str = "photos", shots: int = 0,
@@ -58,15 +49,15 @@ def evaluate_image_folder(encoder: Encoder, folder: str | Path, templates: str =
     scale = encoder.logit_scale
     out: dict[str, Any] = {"images": int(ok.sum()), "unreadable": int((~ok).sum()), "classes": len(classnames),
                            "templates": len(tmpl)}
-    out["zero_shot"] = evaluate_zero_shot(vecs, labels, classnames, weights, scale).as_dict()
+    out["zero_shot"] = evaluate_zero_shot(vecs, labels, classnames, weights, scale).to_dict()
     if len(tmpl) > 1:
         cmp = compare_templates(vecs, labels, classnames, tmpl, encoder.encode_texts, scale)
         out["templates_compared"] = {"ensemble_top1": cmp.ensemble_top1, "best_single_top1": cmp.best_single_top1,
                                      "worst_single_top1": cmp.worst_single_top1}
     if shots > 0:
-        train, test = _split_shots(labels, shots, seed)
+        train, test = shots_split(labels, shots, seed)
         if len(test) == 0:
-            raise ValueError(f"--shots {shots} leaves no held-out images")
+            raise InputError(f"--shots {shots} leaves no held-out images")
         zs_test = evaluate_zero_shot(vecs[test], labels[test], classnames, weights, scale)
         head = fit_few_shot(weights, vecs[train], labels[train], method="prototype", logit_scale=scale)
         fs = evaluate_head(head, vecs[test], labels[test], classnames, scale)

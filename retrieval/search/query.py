@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from indexer.errors import InputError
 
-class QueryError(ValueError):
+
+class QueryError(InputError):
     """A query that cannot be searched (empty, or only negative terms)."""
 
 

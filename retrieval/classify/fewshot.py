@@ -30,8 +30,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from retrieval.zeroshot import normalize_rows, softmax
-from retrieval.zeroshot_eval import evaluate_scores
+from retrieval.scoring import l2_normalize, softmax
+
+from .metrics import evaluate_scores
+from .split import stratified_folds
 
 __all__ = ["DEFAULT_ALPHA", "ALPHA_GRID", "FewShotHead", "evaluate", "fit_few_shot", "prototype_weights"]
 
@@ -66,7 +68,7 @@ class FewShotHead:
     def logits(self, vectors: np.ndarray, logit_scale: float | None = None) -> np.ndarray:
         """(n, c) logits; ``logit_scale`` defaults to the one used when fitting."""
         s = np.float32(self.logit_scale if logit_scale is None else logit_scale)
-        x = normalize_rows(np.asarray(vectors, dtype=np.float32))
+        x = l2_normalize(np.asarray(vectors, dtype=np.float32))
         if self.method == "prototype":
             return s * (x @ self.weights.T)
         assert self.bias is not None
@@ -85,7 +87,7 @@ class FewShotHead:
 def _check_inputs(
     zs_weights: np.ndarray, shot_vectors: np.ndarray, shot_labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    zs = normalize_rows(np.asarray(zs_weights, dtype=np.float32))
+    zs = l2_normalize(np.asarray(zs_weights, dtype=np.float32))
     x = np.asarray(shot_vectors, dtype=np.float32)
     y = np.asarray(shot_labels)
     if zs.ndim != 2 or x.ndim != 2:
@@ -98,7 +100,7 @@ def _check_inputs(
         raise ValueError(f"shot_labels must be {x.shape[0]} integer class indices, got {y.dtype} {y.shape}")
     if y.min() < 0 or y.max() >= zs.shape[0]:
         raise ValueError(f"shot_labels must be in [0, {zs.shape[0]}), got [{y.min()}, {y.max()}]")
-    return zs, normalize_rows(x), y.astype(np.int64)
+    return zs, l2_normalize(x), y.astype(np.int64)
 
 
 def _nll(logits: np.ndarray, y: np.ndarray) -> float:
@@ -124,12 +126,12 @@ def prototype_weights(zs_weights: np.ndarray, shot_vectors: np.ndarray, shot_lab
     np.add.at(sums, y, x)
     has_shots = np.bincount(y, minlength=zs.shape[0]) > 0
     protos = zs.astype(np.float64).copy()
-    protos[has_shots] = normalize_rows(sums[has_shots])
+    protos[has_shots] = l2_normalize(sums[has_shots])
     return protos.astype(np.float32)
 
 
 def _interpolate(zs: np.ndarray, protos: np.ndarray, alpha: float) -> np.ndarray:
-    return normalize_rows((1.0 - alpha) * zs + alpha * protos).astype(np.float32)
+    return l2_normalize((1.0 - alpha) * zs + alpha * protos).astype(np.float32)
 
 
 # ------------------------------------------------------------------ prototype
@@ -142,13 +144,13 @@ def _prototype_loo_nll(
     sums = np.zeros(zs.shape, dtype=np.float64)
     np.add.at(sums, y, x)
     protos = prototype_weights(zs, x, y).astype(np.float64)
-    loo_protos = normalize_rows(sums[y] - x)  # (m, d): own-class prototype without the shot
+    loo_protos = l2_normalize(sums[y] - x)  # (m, d): own-class prototype without the shot
     out: dict[float, float] = {}
     rows = np.arange(len(y))
     for alpha in ALPHA_GRID:
-        w = normalize_rows((1 - alpha) * zs + alpha * protos)
+        w = l2_normalize((1 - alpha) * zs + alpha * protos)
         logits = x @ w.T
-        w_own = normalize_rows((1 - alpha) * zs[y] + alpha * loo_protos)
+        w_own = l2_normalize((1 - alpha) * zs[y] + alpha * loo_protos)
         logits[rows, y] = np.einsum("md,md->m", x, w_own)
         out[float(alpha)] = _nll(logit_scale * logits, y)
     return out
@@ -185,22 +187,12 @@ def _train_probe(
     return v.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32)
 
 
-def _stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold id per shot; each class's shots are spread round-robin over the folds."""
-    rng = np.random.default_rng(seed)
-    folds = np.empty(len(y), dtype=np.int64)
-    for cls in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        folds[idx] = np.arange(len(idx)) % n_folds
-    return folds
-
-
 def _probe_cv_nll(
     zs: np.ndarray, x: np.ndarray, y: np.ndarray, logit_scale: float, l2: float, max_iter: int, seed: int
 ) -> dict[float, float]:
     counts = np.bincount(y)
     n_folds = int(min(5, counts[counts > 0].min()))
-    folds = _stratified_folds(y, n_folds, seed)
+    folds = stratified_folds(y, n_folds, seed)
     zs_logits = np.empty((len(y), zs.shape[0]), dtype=np.float64)
     probe_logits = np.empty_like(zs_logits)
     for f in range(n_folds):
@@ -278,4 +270,4 @@ def evaluate(
     logit_scale: float | None = None,
 ) -> dict:
     """``dict(n, top1, top5, per_class, confusions)`` of *head* on labelled vectors."""
-    return evaluate_scores(head.predict_proba(vectors, logit_scale), labels, classnames).as_dict()
+    return evaluate_scores(head.predict_proba(vectors, logit_scale), labels, classnames).to_dict()

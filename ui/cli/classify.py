@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ConfigError
+from indexer.errors import InputError
+from ui.output import emit, printable
 
-from .output import emit
+from .common import Subparsers, add_common, add_model_args, open_collection, settings_from
 
 
 def _labels(args: argparse.Namespace) -> list[str]:
     if args.labels and args.labels_file:
-        raise ConfigError("give --labels or --labels-file, not both")
+        raise InputError("give --labels or --labels-file, not both")
     if args.labels:
         return [x.strip() for x in args.labels.split(",")]
     if args.labels_file:
         try:
             lines = Path(args.labels_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise ConfigError(f"cannot read labels file {args.labels_file}: {exc.strerror}") from exc
+            raise InputError(f"cannot read labels file {args.labels_file}: {exc.strerror}") from exc
         return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    raise ConfigError("give the labels with --labels a,b,c or --labels-file FILE")
+    raise InputError("give the labels with --labels a,b,c or --labels-file FILE")
 
 
 def _thresholds(args: argparse.Namespace, labels: list[str]) -> float | list[float]:
@@ -33,7 +33,7 @@ def _thresholds(args: argparse.Namespace, labels: list[str]) -> float | list[flo
         try:
             lines = Path(args.thresholds_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise ConfigError(f"cannot read thresholds file {args.thresholds_file}: {exc.strerror}") from exc
+            raise InputError(f"cannot read thresholds file {args.thresholds_file}: {exc.strerror}") from exc
         for n, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
@@ -41,56 +41,46 @@ def _thresholds(args: argparse.Namespace, labels: list[str]) -> float | list[flo
             try:
                 per[label.strip()] = float(value)
             except ValueError:
-                raise ConfigError(f"{args.thresholds_file}:{n}: expected 'LABEL<TAB>THRESHOLD'") from None
+                raise InputError(f"{args.thresholds_file}:{n}: expected 'LABEL<TAB>THRESHOLD'") from None
         missing = [lab for lab in labels if lab not in per and args.threshold is None]
         if missing:
-            raise ConfigError(f"no threshold for {', '.join(missing)} (add them to the file or give --threshold)")
+            raise InputError(f"no threshold for {', '.join(missing)} (add them to the file or give --threshold)")
         return [per.get(lab, args.threshold) for lab in labels]  # type: ignore[misc]
     if args.threshold is None:
-        raise ConfigError("--multi-label needs --threshold (cosine similarity, e.g. 0.25) or --thresholds-file")
+        raise InputError("--multi-label needs --threshold (cosine similarity, e.g. 0.25) or --thresholds-file")
     return args.threshold
 
 
 def _classifier(args: argparse.Namespace, labels: list[str], encoder: Any, cache_dir: Path | None) -> Any:
-    from retrieval.classify import ZeroShotClassifier
-    from retrieval.templates import TemplateError
+    from retrieval.classify.tagging import ZeroShotClassifier
 
-    try:
-        return ZeroShotClassifier(encoder, labels, args.templates, cache_dir=cache_dir)
-    except (TemplateError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+    return ZeroShotClassifier(encoder, labels, args.templates, cache_dir=cache_dir)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from indexer.encoders import load_encoder
-    from retrieval.classify import classify_files, tag_library
-
-    from .cli import _settings
-    from .context import encoder_choice, open_with_encoder
+    from retrieval.classify.tagging import classify_files, tag_library
+    from ui.context import load_chosen_encoder, open_for_search
 
     if bool(args.images) == bool(args.all):
-        raise ConfigError("give IMAGE paths or --all (the whole collection), not both or neither")
+        raise InputError("give IMAGE paths or --all (the whole collection), not both or neither")
     labels = _labels(args)  # read once; fails fast on label errors before loading a model
     thresholds = _thresholds(args, labels) if args.multi_label else None
-    settings = _settings(args)
+    settings = settings_from(args)
     if args.all:
-        coll, encoder = open_with_encoder(settings, model_given=args.model is not None)
-        try:
+        coll, encoder = open_for_search(settings)
+        with coll:
             clf = _classifier(args, labels, encoder, coll.path / "zeroshot")
             taxonomy = args.taxonomy or "zeroshot"
             result = tag_library(coll, clf, taxonomy, k=args.k, min_score=args.min_score, thresholds=thresholds)
-        finally:
-            coll.close()
         emit(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
              f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items()))
         return 0
-    model, pretrained = encoder_choice(settings, args.model is not None)
-    encoder = load_encoder(model, pretrained, settings.device, settings.precision)
+    encoder = load_chosen_encoder(settings)
     clf = _classifier(args, labels, encoder, None)
-    results = [r.as_dict() for r in classify_files(clf, args.images, k=args.k, thresholds=thresholds)]
+    results = [r.to_dict() for r in classify_files(clf, args.images, k=args.k, thresholds=thresholds)]
 
     def text(rows: list[dict[str, Any]]) -> str:
-        return "\n".join(f"{r['source']}: " + (r["error"] or ", ".join(f"{x['label']} {x['score']:.3f}"
+        return "\n".join(f"{printable(r['source'])}: " + (r["error"] or ", ".join(f"{x['label']} {x['score']:.3f}"
                                                                         for x in r["labels"]) or "-") for r in rows)
 
     emit(results, args.json, text)
@@ -98,34 +88,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
-    from indexer.collection import Collection
-    from retrieval.classify import list_tags
+    from retrieval.classify.tagging import list_tags
 
-    from .cli import _settings
-
-    settings = _settings(args)
-    coll = Collection.open(settings.collection, settings.database_url)
-    rows = list_tags(coll, args.taxonomy)
-    coll.close()
+    with open_collection(settings_from(args)) as coll:
+        rows = list_tags(coll, args.taxonomy)
     emit(rows, args.json, lambda rs: "\n".join(f"{r['taxonomy']}\t{r['label']}\t{r['photos']}" for r in rs) or "no tags")
     return 0
 
 
 def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
-    from indexer.encoders import load_encoder
-    from retrieval.eval_folder import evaluate_image_folder
-    from retrieval.templates import TemplateError
+    from retrieval.classify.eval_folder import evaluate_image_folder
+    from ui.context import load_chosen_encoder
 
-    from .cli import _settings
-    from .context import encoder_choice
-
-    settings = _settings(args)
-    model, pretrained = encoder_choice(settings, args.model is not None)
-    encoder = load_encoder(model, pretrained, settings.device, settings.precision)
-    try:
-        report = evaluate_image_folder(encoder, args.folder, args.templates, shots=args.shots, seed=args.seed)
-    except (TemplateError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+    encoder = load_chosen_encoder(settings_from(args))
+    report = evaluate_image_folder(encoder, args.folder, args.templates, shots=args.shots, seed=args.seed)
 
     def text(r: dict[str, Any]) -> str:
         zs = r["zero_shot"]
@@ -156,7 +132,7 @@ def _label_args(p: argparse.ArgumentParser) -> None:
                    help="template set (imagenet80, imagenet7, photos) or a file with one '{}' template per line")
 
 
-def register(sub: Any, common: Callable[[Any], None], model_args: Callable[[Any], None]) -> None:
+def register(sub: Subparsers) -> None:
     """Register classification commands."""
     p = sub.add_parser("classify", help="zero-shot classify images, or tag the whole collection (--all)")
     p.add_argument("images", nargs="*", help="image files to classify")
@@ -168,13 +144,13 @@ def register(sub: Any, common: Callable[[Any], None], model_args: Callable[[Any]
     p.add_argument("--thresholds-file", help="per-label thresholds for --multi-label: LABEL<TAB>THRESHOLD lines")
     p.add_argument("--min-score", type=float, default=0.0, help="with --all: store only labels with this probability")
     p.add_argument("--taxonomy", help="with --all: name under which tags are stored (replaces earlier ones)")
-    common(p)
-    model_args(p)
+    add_common(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("tags", help="label counts of stored tags")
     p.add_argument("--taxonomy")
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("eval", help="evaluate classifiers")
@@ -184,6 +160,6 @@ def register(sub: Any, common: Callable[[Any], None], model_args: Callable[[Any]
     z.add_argument("--templates", default="photos")
     z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
     z.add_argument("--seed", type=int, default=0)
-    common(z)
-    model_args(z)
+    add_common(z)
+    add_model_args(z)
     z.set_defaults(func=cmd_eval_zeroshot)

@@ -1,4 +1,4 @@
-"""FAISS vector index over int64 photo ids: build / add / remove / search / save / load.
+"""``VectorIndex``: a FAISS index over int64 photo ids — build / add / remove / rebuild / search / save / load.
 
 Pure arrays in, arrays out. Vectors are float32 and L2-normalised, so scores are cosines.
 
@@ -24,91 +24,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import faiss
 import numpy as np
 
 from indexer.atomic import atomic_write_via_path
+from retrieval.scoring import top_k
 
-from retrieval.index_choice import (IndexSpec, SearchParams, choose_index_spec,
-                                    estimate_memory_bytes, measure_recall, topk)
+from . import persistence
+from .choice import IndexSpec, SearchParams, choose_index_spec
+from .gpu import mirror_to_gpu
+from .locking import RWLock
+from .selectors import as_ids, as_matrix, bitmap_selector, id_selector
 
-__all__ = ["VectorIndex", "IndexSpec", "SearchParams", "choose_index_spec", "measure_recall",
-           "estimate_memory_bytes", "gpu_available"]
+__all__ = ["VectorIndex", "VectorsLookup"]
 
 log = logging.getLogger(__name__)
 
 VectorsLookup = Callable[[np.ndarray], np.ndarray]
-_FORMAT = 1
-_BITMAP_MAX_ID = 1 << 27  # photo-id bitmaps up to 16 MiB; larger ids use IDSelectorBatch
 _MAX_EF = 4096
-
-
-def gpu_available() -> tuple[bool, str]:
-    """(usable, reason) for GPU FAISS."""
-    if not hasattr(faiss, "StandardGpuResources"):
-        return False, "installed faiss has no GPU support (faiss-cpu)"
-    n = faiss.get_num_gpus()
-    return (n > 0, f"{n} GPU(s) visible" if n else "faiss has GPU support but no GPU is visible")
-
-
-class _RWLock:
-    """Many concurrent searches, exclusive mutations."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected vectors of shape (n, {dim}), got {x.shape}")
-    return x
-
-
-def _as_ids(ids: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(ids).ravel(), dtype=np.int64)
-
-
-def _bitmap_selector(members: np.ndarray, size: int) -> tuple[faiss.IDSelector, np.ndarray]:
-    bits = np.zeros(max(size, 1), dtype=bool)
-    bits[members] = True
-    packed = np.packbits(bits, bitorder="little")
-    return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed  # keep packed alive
 
 
 class VectorIndex:
@@ -123,7 +59,8 @@ class VectorIndex:
         self.exact_subset_max = exact_subset_max
         self.exact_subset_fraction = exact_subset_fraction
         self.rebuild_fraction = rebuild_fraction
-        self._lock = _RWLock()
+        self._lock = RWLock()
+        self._journal: list[tuple[str, np.ndarray, np.ndarray | None]] | None = None  # set during rebuild()
         self._mmapped = False
         self._gpu: faiss.Index | None = None
         self._gpu_res = None
@@ -152,7 +89,7 @@ class VectorIndex:
         """Create, train (IVF: on a bounded random sample) and fill an index in chunks.
 
         ``vectors`` may be a ``np.memmap``; only one chunk is converted/copied at a time."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         if vectors.ndim != 2 or len(vectors) != len(ids):
             raise ValueError("ids and vectors must have matching lengths")
         spec = spec or choose_index_spec(len(ids), vectors.shape[1])
@@ -169,7 +106,7 @@ class VectorIndex:
         with self._lock.write():
             self._ensure_writable()
             if not self._index.is_trained:
-                x = _as_matrix(sample, self.dim)
+                x = as_matrix(sample, self.dim)
                 log.info("training %s on %d vectors", self._spec.factory, len(x))
                 self._index.train(x)
 
@@ -255,14 +192,14 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, *, chunk_size: int = 65_536) -> None:
         """Add (or replace: upsert) vectors by photo id, in chunks."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         if len(ids) != len(vectors):
             raise ValueError("ids and vectors must have matching lengths")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("duplicate ids in one add() call")
         if len(ids) == 0:
             return
-        probe = _as_matrix(vectors[: min(256, len(ids))], self.dim)
+        probe = as_matrix(vectors[: min(256, len(ids))], self.dim)
         if np.abs(np.linalg.norm(probe, axis=1) - 1).max() > 1e-2:
             log.warning("vectors are not L2-normalised; inner-product scores are not cosines")
         with self._lock.write():
@@ -273,17 +210,22 @@ class VectorIndex:
             if len(existing):
                 self._remove_locked(existing)
             for s in range(0, len(ids), chunk_size):
-                self._index.add_with_ids(_as_matrix(vectors[s:s + chunk_size], self.dim),
+                self._index.add_with_ids(as_matrix(vectors[s:s + chunk_size], self.dim),
                                          ids[s:s + chunk_size])
             if not self._mapped:
                 self._live_ids = np.union1d(self._live_ids, ids)
             self._refresh()
+            if self._journal is not None:
+                self._journal.append(("add", ids.copy(), np.array(vectors, dtype=np.float32, copy=True)))
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove by photo id; returns how many were live. HNSW: tombstones."""
+        ids = as_ids(ids)
         with self._lock.write():
-            n = self._remove_locked(np.intersect1d(_as_ids(ids), self._live_ids))
+            n = self._remove_locked(np.intersect1d(ids, self._live_ids))
             self._refresh()
+            if self._journal is not None:
+                self._journal.append(("remove", ids.copy(), None))
             return n
 
     def _remove_locked(self, ids: np.ndarray) -> int:
@@ -300,17 +242,36 @@ class VectorIndex:
         return len(ids)
 
     def rebuild(self, vectors_lookup: VectorsLookup | None = None, *, chunk_size: int = 65_536) -> None:
-        """Rebuild from live vectors (drops HNSW tombstones). Vectors from the lookup, else the index."""
-        with self._lock.read():
-            ids = self._live_ids.copy()
-            vecs = np.concatenate([self._vectors(ids[s:s + chunk_size], vectors_lookup)
-                                   for s in range(0, len(ids), chunk_size)] or
-                                  [np.zeros((0, self.dim), np.float32)])
-        fresh = VectorIndex.build(ids, vecs, self._spec, chunk_size=chunk_size)
+        """Rebuild from live vectors (drops HNSW tombstones). Vectors from the lookup, else the index.
+
+        The build runs outside the lock, so searches go on meanwhile; adds and removes made during
+        it are journaled and replayed on the fresh index before it is swapped in, so none is lost."""
         with self._lock.write():
-            self._index, self._dead, self._mmapped = fresh._index, fresh._dead, False
-            self._live_ids = fresh._live_ids
-            self._refresh()
+            if self._journal is not None:
+                raise RuntimeError("rebuild() is already running on this index")
+            self._journal = []
+            ids = self._live_ids.copy()
+        try:
+            with self._lock.read():
+                vecs = np.concatenate([self._vectors(ids[s:s + chunk_size], vectors_lookup)
+                                       for s in range(0, len(ids), chunk_size)] or
+                                      [np.zeros((0, self.dim), np.float32)])
+            fresh = (VectorIndex.build(ids, vecs, self._spec, chunk_size=chunk_size) if len(ids)
+                     else VectorIndex(self.dim, self._spec))
+            with self._lock.write():
+                for op, op_ids, op_vecs in self._journal:
+                    if op == "add":
+                        fresh.add(op_ids, op_vecs, chunk_size=chunk_size)
+                    else:
+                        fresh.remove(op_ids)
+                self._index, self._dead, self._mmapped = fresh._index, fresh._dead, False
+                self._live_ids = fresh._live_ids
+                self._refresh()
+                self._journal = None
+        finally:
+            if self._journal is not None:
+                with self._lock.write():
+                    self._journal = None
 
     # ---------------------------------------------------------------- search
     def _defaults(self, params: SearchParams | None) -> SearchParams:
@@ -323,17 +284,15 @@ class VectorIndex:
         if self._mapped:
             if allowed is not None:
                 pos = self._live_internal[np.searchsorted(self._live_ids, allowed)]
-                return _bitmap_selector(pos, self.ntotal)
+                return bitmap_selector(pos, self.ntotal)
             if self.num_tombstones:
                 if self._live_bitmap is None:
-                    self._live_bitmap = _bitmap_selector(self._live_internal, self.ntotal)
+                    self._live_bitmap = bitmap_selector(self._live_internal, self.ntotal)
                 return self._live_bitmap
             return None, None
         if allowed is None:
             return None, None
-        if allowed[0] >= 0 and allowed[-1] < _BITMAP_MAX_ID:
-            return _bitmap_selector(allowed, int(allowed[-1]) + 1)
-        return faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed)), allowed
+        return id_selector(allowed)
 
     def _faiss_search(self, q: np.ndarray, k: int, sp: SearchParams,
                       sel: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
@@ -369,7 +328,7 @@ class VectorIndex:
     def _vectors(self, ids: np.ndarray, lookup: VectorsLookup | None) -> np.ndarray:
         lookup = lookup or self.vectors_lookup
         if lookup is not None:
-            return _as_matrix(lookup(ids), self.dim)
+            return as_matrix(lookup(ids), self.dim)
         if self._mapped:
             pos = self._live_internal[np.searchsorted(self._live_ids, ids)]
             return self._inner().reconstruct_batch(pos)
@@ -377,7 +336,8 @@ class VectorIndex:
 
     def _exact_subset(self, q: np.ndarray, k: int, ids: np.ndarray,
                       lookup: VectorsLookup | None) -> tuple[np.ndarray, np.ndarray]:
-        return topk(q @ self._vectors(ids, lookup).T, ids, k)
+        idx, vals = top_k(q @ self._vectors(ids, lookup).T, k, ids, pad=True)
+        return vals, idx
 
     def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None,
                allowed_ids: np.ndarray | None = None,
@@ -385,7 +345,7 @@ class VectorIndex:
         """Top-k by inner product. Returns (scores float32 [nq,k] (-inf pad), ids int64 [nq,k] (-1 pad)).
 
         ``params`` are applied per call; ``allowed_ids`` restricts results to that subset."""
-        q = _as_matrix(queries, self.dim)
+        q = as_matrix(queries, self.dim)
         nq = len(q)
         out_s = np.full((nq, k), -np.inf, dtype=np.float32)
         out_i = np.full((nq, k), -1, dtype=np.int64)
@@ -394,7 +354,7 @@ class VectorIndex:
         with self._lock.read():
             allowed = None
             if allowed_ids is not None:
-                allowed = np.intersect1d(_as_ids(allowed_ids), self._live_ids)
+                allowed = np.intersect1d(as_ids(allowed_ids), self._live_ids)
                 if not len(allowed):
                     return out_s, out_i
                 limit = max(self.exact_subset_max, int(self.exact_subset_fraction * len(self)))
@@ -424,47 +384,48 @@ class VectorIndex:
     # ---------------------------------------------------------------- GPU
     def to_gpu(self, device: int = 0) -> bool:
         """Mirror a Flat/IVF index on the GPU for unfiltered searches. False (logged) if not possible."""
-        ok, why = gpu_available()
-        if not ok or self._spec.kind == "hnsw":
-            log.info("using CPU FAISS: %s", why if not ok else "HNSW has no GPU implementation")
+        if self._spec.kind == "hnsw":
+            log.info("using CPU FAISS: HNSW has no GPU implementation")
             return False
-        with self._lock.write():  # pragma: no cover - GPU only
-            self._gpu_res = faiss.StandardGpuResources()
-            src = self._inner() if self._mapped else self._index
-            self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, device, src)
-        log.info("index mirrored on GPU %d (filtered searches stay on CPU)", device)
-        return True
+        with self._lock.write():
+            mirrored = mirror_to_gpu(self._inner() if self._mapped else self._index, device)
+            if mirrored is None:
+                return False
+            self._gpu, self._gpu_res = mirrored  # pragma: no cover - GPU only
+        log.info("index mirrored on GPU %d (filtered searches stay on CPU)", device)  # pragma: no cover
+        return True  # pragma: no cover
 
     # ---------------------------------------------------------------- persistence
     @staticmethod
     def sidecar_path(path: str | os.PathLike) -> Path:
-        return Path(str(path) + ".json")
+        return persistence.sidecar_path(path)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Atomically write the index and its JSON sidecar (spec, counts, tombstones)."""
+    def save(self, path: str | os.PathLike) -> dict:
+        """Atomically write the index, then its JSON sidecar (spec, counts, tombstones, checksums)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock.write():
             if self._mmapped and self._spec.kind == "ivf":
                 self._ensure_writable()  # on-disk invlists would be written by reference
             atomic_write_via_path(path, lambda tmp: faiss.write_index(self._index, tmp))
-            meta = {"format": _FORMAT, "spec": self._spec.to_dict(), "dim": self.dim,
+            meta = {"format": persistence.FORMAT, "spec": self._spec.to_dict(), "dim": self.dim,
                     "ntotal": self.ntotal, "count": len(self),
                     "tombstones": np.flatnonzero(self._dead).tolist(),
-                    "index_bytes": path.stat().st_size}
+                    "index_bytes": path.stat().st_size, "block": persistence.BLOCK,
+                    "crc32": persistence.block_checksums(path)}
             atomic_write_via_path(self.sidecar_path(path),
-                          lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+                                  lambda tmp: Path(tmp).write_text(json.dumps(meta)))
         log.info("saved %s (%d vectors, %d tombstones) to %s", self._spec.factory, self.ntotal,
                  len(meta["tombstones"]), path)
+        return meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, **kwargs) -> "VectorIndex":
-        """Load an index saved by :meth:`save`; memory-maps it read-only where faiss allows
-        (IVF inverted lists; flat codes incl. HNSW storage). Mutations copy it into RAM first."""
+    def load(cls, path: str | os.PathLike, mmap: bool = True, *, verify: bool = True, **kwargs) -> "VectorIndex":
+        """Load an index saved by :meth:`save`, after checking it against its sidecar's size and
+        checksums (``persistence.IndexFileError`` if they differ). Memory-maps it read-only where
+        faiss allows (IVF inverted lists; flat codes incl. HNSW storage); mutations copy it into RAM."""
         path = Path(path)
-        meta = json.loads(cls.sidecar_path(path).read_text())
-        if meta.get("index_bytes") != path.stat().st_size:
-            raise RuntimeError(f"{path} does not match its sidecar (interrupted save?)")
+        meta = persistence.verify_index_file(path) if verify else persistence.read_sidecar(path)
         spec = IndexSpec.from_dict(meta["spec"])
         index, mapped = None, False
         if mmap:
@@ -478,9 +439,12 @@ class VectorIndex:
                 except RuntimeError as e:
                     log.warning("mmap load of %s failed (%s); reading into RAM", path, e)
         if index is None:
-            index = faiss.read_index(str(path))
-        if index.ntotal != meta["ntotal"]:
-            raise RuntimeError(f"{path}: ntotal {index.ntotal} != sidecar {meta['ntotal']}")
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise persistence.IndexFileError(f"{path}: faiss cannot read it: {str(exc).splitlines()[0]}") from None
+        if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
+            raise persistence.IndexFileError(f"{path}: ntotal/dim {index.ntotal}/{index.d} != sidecar")
         vi = cls(meta["dim"], spec, _index=index, **kwargs)
         if spec.kind == "hnsw":
             vi._dead[np.asarray(meta.get("tombstones", []), dtype=np.int64)] = True

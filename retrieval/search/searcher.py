@@ -6,32 +6,40 @@ import io
 import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
 
 from indexer.catalog_models import Embedding, Photo, PhotoFile, Tag
-from indexer.collection import Collection, decode_vectors
-from indexer.decode import DecodeError, decode_photo
-from indexer.encoders import Encoder
+from indexer.collection import Collection
+from indexer.errors import InputError
+from indexer.vectors import decode_vectors
+from retrieval.index.choice import SearchParams
+from retrieval.index.store import open_index
 
+from .collapse import collapse_groups
 from .filters import SearchFilters, allowed_ids
-from .index_choice import SearchParams
-from .index_store import open_index
-from .query import QueryError, query_vector
+from .query import query_vector
+
+if TYPE_CHECKING:
+    from indexer.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COLLAPSE = 0.95
+MAX_K = 10_000
+MAX_FETCH_GROWTH = 3  # over-fetch rounds (x4 each) when collapse or filters thin the results
 
 
-class SearchError(ValueError):
+class SearchError(InputError):
     """A search request that cannot be served (bad image, unknown id, bad parameters)."""
 
 
 @dataclass
 class SearchOptions:
+    """What to return: ``k`` results after ``offset``, above ``min_score``, collapsed at ``collapse``."""
+
     k: int = 20
     offset: int = 0
     min_score: float | None = None
@@ -39,6 +47,22 @@ class SearchOptions:
     collapse: float | None = DEFAULT_COLLAPSE  # cosine above which results count as near-duplicates
     params: SearchParams | None = None
     exclude_ids: tuple[int, ...] = ()
+
+    def validate(self) -> "SearchOptions":
+        """Raise :class:`SearchError` for out-of-range values; returns self."""
+        if self.k < 1 or self.k > MAX_K:
+            raise SearchError(f"k must be between 1 and {MAX_K}, got {self.k}")
+        if self.offset < 0:
+            raise SearchError(f"offset must be >= 0, got {self.offset}")
+        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
+            raise SearchError(f"min_score is a cosine similarity between -1 and 1, got {self.min_score}")
+        if self.collapse is not None and not 0.0 < self.collapse <= 1.0:
+            raise SearchError(f"collapse is a cosine threshold in (0, 1], got {self.collapse}")
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self.params, name, None) if self.params is not None else None
+            if value is not None and value < 1:
+                raise SearchError(f"{name} must be >= 1, got {value}")
+        return self
 
 
 @dataclass
@@ -56,24 +80,29 @@ class SearchHit:
     tags: list[str] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)  # collapsed near-duplicate ids
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TextEncoder(Protocol):
+    """What a text-only search needs: the spec and ``encode_texts`` (e.g. the exported text tower)."""
+
+    spec: Any
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
 
 class Searcher:
     """Text and image search over one collection with its own encoder."""
 
-    def __init__(self, coll: Collection, encoder: Encoder) -> None:
+    def __init__(self, coll: Collection, encoder: "Encoder | TextEncoder") -> None:
         coll.check_encoder(encoder.spec)
         self.coll = coll
         self.encoder = encoder
 
     # ---- query vectors -------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
-        try:
-            return query_vector(text, self.encoder.encode_texts)
-        except QueryError as exc:
-            raise SearchError(str(exc)) from exc
+        return query_vector(text, self.encoder.encode_texts)
 
     def image_vector(self, data: bytes | None = None, path: str | None = None) -> np.ndarray:
         """Vector of an uploaded image or a file; a catalogued file reuses its stored vector."""
@@ -81,6 +110,8 @@ class Searcher:
             stored = self._stored_vector_for_path(path)
             if stored is not None:
                 return stored
+        from indexer.decode import DecodeError, decode_photo
+
         try:
             if data is not None:
                 img, _ = decode_photo(io.BytesIO(data), self.encoder.image_size)  # type: ignore[arg-type]
@@ -125,9 +156,7 @@ class Searcher:
 
     def search_vector(self, query: np.ndarray, options: SearchOptions | None = None) -> list[SearchHit]:
         """Top results for a unit query vector after filters, threshold, collapse and pagination."""
-        options = options or SearchOptions()
-        if options.k < 1 or options.offset < 0:
-            raise SearchError("k must be >= 1 and offset >= 0")
+        options = (options or SearchOptions()).validate()
         index = open_index(self.coll)
         allowed = allowed_ids(self.coll, options.filters)
         if options.exclude_ids:
@@ -138,41 +167,30 @@ class Searcher:
         available = len(index) if allowed is None else len(allowed)
         want = options.offset + options.k
         fetch = min(available, max(2 * want, want + 16))
-        while True:
+        for round_ in range(MAX_FETCH_GROWTH + 1):
             scores, ids = index.search(query[None, :], fetch, params=options.params, allowed_ids=allowed)
             keep = ids[0] >= 0
             hits_ids, hits_scores = ids[0][keep], scores[0][keep]
+            exhausted_by_score = False
             if options.min_score is not None:
                 above = hits_scores >= options.min_score
                 exhausted_by_score = not above.all()
                 hits_ids, hits_scores = hits_ids[above], hits_scores[above]
-            else:
-                exhausted_by_score = False
             groups = self._collapse(hits_ids, options.collapse)
-            if len(groups) >= want or fetch >= available or exhausted_by_score:
+            if len(groups) >= want or fetch >= available or exhausted_by_score or round_ == MAX_FETCH_GROWTH:
                 break
-            fetch = min(available, fetch * 4)
+            # grow by how much collapse thinned this round (at least x2, at most x4)
+            ratio = len(hits_ids) / max(1, len(groups))
+            fetch = min(available, int(fetch * min(4.0, max(2.0, ratio * 1.5))))
         page = groups[options.offset: want]
         score_of = dict(zip(hits_ids.tolist(), hits_scores.tolist()))
         return self._hydrate([(g[0], score_of[g[0]], g[1:]) for g in page])
 
     def _collapse(self, ids: np.ndarray, threshold: float | None) -> list[list[int]]:
-        """Greedy near-duplicate grouping in rank order: each group is [kept id, *collapsed ids]."""
         if threshold is None or len(ids) < 2:
             return [[int(i)] for i in ids]
-        ids, vecs = self.coll.vectors_in_order(ids)
-        groups: list[list[int]] = []
-        kept_vecs: list[np.ndarray] = []
-        for i, v in zip(ids.tolist(), vecs):
-            if kept_vecs:
-                sims = np.stack(kept_vecs) @ v
-                j = int(np.argmax(sims))
-                if sims[j] >= threshold:
-                    groups[j].append(i)
-                    continue
-            groups.append([i])
-            kept_vecs.append(v)
-        return groups
+        got, vecs = self.coll.vectors_in_order(ids)
+        return collapse_groups(got, vecs, threshold)
 
     def _hydrate(self, rows: list[tuple[int, float, list[int]]]) -> list[SearchHit]:
         if not rows:

@@ -1,0 +1,149 @@
+"""The collection's writer lock: one writer at a time, readers never take it.
+
+* SQLite catalogs (and any catalog whose collection folder is local): an exclusive
+  ``fcntl.flock`` on ``<collection>/writer.lock``. The kernel drops the lock when its holder
+  dies (even by SIGKILL), so a stale lock — a file naming a dead pid — is simply taken over.
+  The file holds the holder's pid, host, start time and command, for the refusal message.
+* PostgreSQL catalogs: a session-level advisory lock (``pg_try_advisory_lock``) held on a
+  dedicated connection; the server drops it when that session ends. The holder is recorded in
+  the catalog's ``meta`` table under ``writer``.
+
+``flock`` comes from the standard library rather than a locking package because the holder's
+identity must be written into the locked file itself, which ``filelock`` does not support.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from .errors import WriterBusyError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "writer.lock"
+PG_LOCK_KEY = 0x70686F746F646578 & 0x7FFFFFFFFFFFFFFF  # "photodex"; advisory locks are per database
+POLL_SECONDS = 0.2
+
+
+def holder_info() -> dict[str, Any]:
+    """Who is asking: pid, host, start time and command line."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+
+
+def describe_holder(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
+            + (f" ({info['command']})" if info.get("command") else ""))
+
+
+class WriterLock:
+    """Exclusive writer lock of one collection; a context manager. See the module docstring."""
+
+    def __init__(self, collection_path: Path, engine: Engine | None = None) -> None:
+        self.path = Path(collection_path) / LOCK_FILE
+        self.engine = engine if engine is not None and engine.dialect.name == "postgresql" else None
+        self._fd: int | None = None
+        self._conn: Any = None
+
+    # ---- one attempt ---------------------------------------------------------------------
+    def _try_file(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
+        self._fd = fd
+        return True
+
+    def _try_pg(self) -> bool:
+        conn = self.engine.connect()  # type: ignore[union-attr]
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"), {"v": json.dumps(holder_info())})
+        conn.commit()
+        self._conn = conn
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        """What the current holder wrote about itself (may be stale if it just died)."""
+        try:
+            if self.engine is not None:
+                with self.engine.connect() as conn:
+                    raw = conn.execute(text("SELECT value FROM meta WHERE key = 'writer'")).scalar()
+            else:
+                raw = self.path.read_text()
+            return json.loads(raw) if raw else None
+        except Exception:  # noqa: BLE001 - only used to word a message
+            return None
+
+    def acquire(self, wait: bool = False, timeout: float | None = None) -> "WriterLock":
+        """Take the lock, or raise :class:`WriterBusyError` naming the holder (``wait``: poll until free)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        announced = False
+        while True:
+            got_file = self._try_file()
+            if got_file and (self.engine is None or self._try_pg()):
+                log.debug("writer lock taken: %s", self.path)
+                return self
+            if got_file:
+                self._release_file()
+            holder = describe_holder(self.holder())
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                raise WriterBusyError(f"collection {self.path.parent} is being written by {holder}; "
+                                      "try again when it ends, or pass --wait")
+            if not announced:
+                log.warning("waiting for the writer lock held by %s", holder)
+                announced = True
+            time.sleep(POLL_SECONDS)
+
+    def _release_file(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                self._conn.commit()
+            self._conn.close()
+            self._conn = None
+        self._release_file()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "WriterLock":
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,99 @@
+"""Scoring stored image vectors against class weights: cosines, probabilities, top-k, thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.scoring import TopK, l2_normalize, softmax, top_k
+
+
+def _as_2d_float32(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
+    return arr
+
+
+def cosine_scores(image_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Cosine similarity (n, c) between image vectors (n, d) and class weights (c, d)."""
+    x = _as_2d_float32(image_vectors, "image_vectors")
+    w = _as_2d_float32(weights, "weights")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"dimension mismatch: vectors have {x.shape[1]}, weights {w.shape[1]}")
+    return l2_normalize(x) @ l2_normalize(w).T
+
+
+def zero_shot_probs(image_vectors: np.ndarray, weights: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Class probabilities (n, c): ``softmax(logit_scale * cosine)`` over the given classes."""
+    return softmax(float(logit_scale) * cosine_scores(image_vectors, weights))
+
+
+def multi_label(scores: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
+    """Boolean (n, c) mask ``scores >= thresholds`` with a scalar or per-class threshold.
+
+    Intended for **raw cosine similarities** (:func:`cosine_scores`): a class's cosine
+    does not depend on which other labels are in the list, so per-class thresholds
+    tuned once stay valid when labels are added or removed; softmax probabilities do
+    not have that property (they are renormalised over the label list).
+    """
+    s = np.asarray(scores)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (n, n_classes), got shape {s.shape}")
+    t = np.asarray(thresholds, dtype=s.dtype if np.issubdtype(s.dtype, np.floating) else np.float32)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != s.shape[1]):
+        raise ValueError(
+            f"thresholds must be a scalar or have one value per class ({s.shape[1]}), got shape {t.shape}"
+        )
+    return s >= t
+
+
+def classify_vectors(
+    vectors: np.ndarray,
+    weights: np.ndarray,
+    logit_scale: float,
+    k: int = 5,
+    chunk: int = 65536,
+    normalize: bool = True,
+) -> TopK:
+    """Top-k classes and softmax probabilities for many vectors, in bounded memory.
+
+    Per chunk of ``chunk`` rows: one float32 ``np.matmul`` of (chunk, d) x (d, c) into a reused
+    buffer with ``logit_scale`` folded into the weights, exact top-k of the logits, and a row
+    softmax into a second reused buffer from which the top-k probabilities are gathered;
+    probabilities for all n rows are never held at once. Results equal
+    ``top_k(zero_shot_probs(vectors, weights, logit_scale), k)`` up to float rounding.
+    ``vectors`` may be any sliceable 2-D array (e.g. ``np.memmap``). With ``normalize=True``
+    rows are L2-normalised, skipping chunks already unit-norm to 1e-6.
+    Memory: about ``chunk * (2c + d) * 4`` bytes besides the (n, k) outputs.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if getattr(vectors, "ndim", 2) != 2:
+        raise ValueError(f"vectors must be 2-D, got shape {getattr(vectors, 'shape', None)}")
+    w = l2_normalize(_as_2d_float32(weights, "weights"))
+    n, c = len(vectors), w.shape[0]
+    if n and vectors.shape[1] != w.shape[1]:
+        raise ValueError(f"dimension mismatch: vectors have {vectors.shape[1]}, weights {w.shape[1]}")
+    k = min(int(k), c)
+    scaled_wt = np.ascontiguousarray((w * np.float32(logit_scale)).T)
+    out_idx = np.empty((n, k), dtype=np.int64)
+    out_prob = np.empty((n, k), dtype=np.float32)
+    rows = min(chunk, max(n, 1))
+    logits_buf = np.empty((rows, c), dtype=np.float32)
+    probs_buf = np.empty((rows, c), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        m = stop - start
+        x = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        if normalize:
+            sq_norms = np.einsum("ij,ij->i", x, x)
+            if np.abs(sq_norms - 1.0).max() > 2e-6:  # |norm - 1| > ~1e-6
+                x = x / np.maximum(np.sqrt(sq_norms), 1e-12)[:, None]
+        logits = np.matmul(x, scaled_wt, out=logits_buf[:m])  # the O(n*d*c) work
+        idx, _ = top_k(logits, k)
+        probs = softmax(logits, axis=1, out=probs_buf[:m])
+        out_prob[start:stop] = np.take_along_axis(probs, idx, 1)
+        out_idx[start:stop] = idx
+    return TopK(out_idx, out_prob)

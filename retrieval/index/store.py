@@ -1,0 +1,231 @@
+"""The collection's FAISS index file: kept in step with the catalog by the writer, read by everyone.
+
+* **Writer** (an index run or ``photodex reindex``, holding the collection's writer lock):
+  :func:`refresh_index` brings ``index/vectors.faiss`` up to date with the stored vectors — by
+  diff, or by a rebuild when the file is unusable (truncated, corrupted, sidecar missing) or
+  its type no longer fits the collection size — and records the catalog generation it matches.
+* **Readers** (searches): :func:`open_index` never builds and never waits. It returns a
+  :class:`SearchableIndex`: the newest complete index file plus an exact scan of the vectors
+  committed after it was built (and minus the photos removed since), so results are always
+  complete. Nothing is written, so a read-only collection can be searched. An unusable file is
+  left for the writer; meanwhile every vector is scanned exactly (logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.atomic import atomic_write_json
+from indexer.collection import Collection
+from retrieval.scoring import top_k
+
+from .choice import SearchParams, choose_index_spec
+from .gpu import gpu_available
+from .persistence import IndexFileError
+from .vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+INDEX_FILE = "vectors.faiss"
+STATE_FILE = "state.json"
+
+
+def index_paths(coll: Collection) -> tuple[Path, Path]:
+    """(index file, state file) of a collection."""
+    folder = coll.path / INDEX_DIR
+    return folder / INDEX_FILE, folder / STATE_FILE
+
+
+def index_state(coll: Collection) -> dict[str, Any]:
+    """What the index file was built from (generation, type, parameters); empty if none yet."""
+    try:
+        state = json.loads(index_paths(coll)[1].read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _lookup(coll: Collection):  # noqa: ANN202 - returns a VectorsLookup
+    def lookup(ids: np.ndarray) -> np.ndarray:
+        got, vecs = coll.vectors_in_order(ids)
+        if len(got) != len(ids):
+            raise KeyError(f"{len(ids) - len(got)} of the requested photo ids have no stored vector")
+        return vecs
+
+    return lookup
+
+
+# ---- writer ------------------------------------------------------------------------------------
+def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, Any]:
+    """Bring the index file up to date with the catalog; returns what was done.
+
+    Call with the collection's writer lock held: this is the only code that writes the index."""
+    index_path, state_path = index_paths(coll)
+    generation = coll.catalog.generation()
+    state = index_state(coll)
+    if not force_rebuild and state.get("generation") == generation:
+        try:
+            VectorIndex.load(index_path, mmap=True)  # verifies size and checksums
+            return {**state, "action": "up-to-date"}
+        except (IndexFileError, OSError) as exc:
+            log.warning("index file unusable (%s); rebuilding from stored vectors", exc)
+    ids = coll.vector_ids()
+    spec = choose_index_spec(max(len(ids), 1), coll.dim)
+    index: VectorIndex | None = None
+    action = "rebuilt"
+    if not force_rebuild and state.get("factory") == spec.factory:
+        try:
+            index = VectorIndex.load(index_path, mmap=False)
+        except (IndexFileError, OSError) as exc:
+            log.warning("index file unusable (%s); rebuilding from stored vectors", exc)
+        if index is not None:
+            have = index.ids
+            gone, new_ids = np.setdiff1d(have, ids), np.setdiff1d(ids, have)
+            if len(gone):
+                index.remove(gone)
+            if len(new_ids):  # read only the vectors the index lacks
+                got, vecs = coll.load_vectors(new_ids)
+                index.add(got, vecs)
+            action = f"updated (+{len(new_ids)} -{len(gone)})"
+            if index.needs_rebuild:
+                index, action = None, "rebuilt"
+    if index is None:
+        all_ids, vecs = coll.load_vectors()
+        index = VectorIndex.build(all_ids, vecs, spec) if len(all_ids) else VectorIndex(coll.dim, spec)
+    index.save(index_path)
+    new_state = {"generation": generation, "factory": index.spec.factory, "kind": index.spec.kind,
+                 "params": index.spec.params, "vectors": len(index)}
+    atomic_write_json(state_path, new_state)
+    log.info("index %s: %s", action, new_state)
+    return {**new_state, "action": action}
+
+
+# ---- readers -----------------------------------------------------------------------------------
+@dataclass
+class SearchableIndex:
+    """A complete view for searching: ``base`` (the index file, may be None) + ``delta`` exact scan.
+
+    ``gone`` are ids in ``base`` whose photos were removed since it was built; they are never
+    returned."""
+
+    dim: int
+    base: VectorIndex | None
+    delta_ids: np.ndarray
+    delta_vecs: np.ndarray
+    gone: np.ndarray
+    generation: int
+
+    def __post_init__(self) -> None:
+        base_ids = self.base.ids if self.base is not None else np.zeros(0, np.int64)
+        self._ids = np.union1d(np.setdiff1d(base_ids, self.gone, assume_unique=True), self.delta_ids)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted searchable photo ids."""
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def exact_rows(self) -> int:
+        """How many vectors each query scans exactly (those committed after the index file)."""
+        return len(self.delta_ids)
+
+    def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None,
+               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) over base + delta, like :meth:`VectorIndex.search`."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        parts_s, parts_i = [], []
+        if self.base is not None and len(self.base):
+            base_allowed = None
+            if allowed_ids is not None:
+                base_allowed = np.setdiff1d(np.asarray(allowed_ids, np.int64), self.gone)
+            fetch = k + len(self.gone) if base_allowed is None else k
+            if base_allowed is None or len(base_allowed):
+                s, i = self.base.search(q, fetch, params=params, allowed_ids=base_allowed)
+                if len(self.gone):
+                    s = np.where(np.isin(i, self.gone), -np.inf, s)
+                    i = np.where(np.isin(i, self.gone), -1, i)
+                parts_s.append(s)
+                parts_i.append(i)
+        if len(self.delta_ids):
+            rows = np.arange(len(self.delta_ids))
+            if allowed_ids is not None:
+                rows = rows[np.isin(self.delta_ids, allowed_ids)]
+            if len(rows):
+                idx, vals = top_k(q @ self.delta_vecs[rows].T, k, self.delta_ids[rows], pad=True)
+                parts_s.append(vals)
+                parts_i.append(idx)
+        if not parts_s:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        scores, ids = np.concatenate(parts_s, 1), np.concatenate(parts_i, 1)
+        pos, vals = top_k(scores, k, pad=True)
+        out_i = np.take_along_axis(ids, np.maximum(pos, 0), 1)
+        out_i[pos < 0] = -1
+        out_i[~np.isfinite(vals)] = -1
+        return vals.astype(np.float32), out_i
+
+
+_cache: dict[str, tuple[tuple, SearchableIndex]] = {}
+_cache_lock = threading.Lock()
+
+
+def _file_identity(path: Path) -> tuple:
+    try:
+        st = os.stat(path)
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return ()
+
+
+def open_index(coll: Collection) -> SearchableIndex:
+    """A complete searchable view of ``coll``; never builds, never waits, writes nothing.
+
+    Cached per process by (index file identity, catalog generation)."""
+    index_path, _ = index_paths(coll)
+    generation = coll.catalog.generation()
+    key = str(coll.path.resolve())
+    ident = (_file_identity(index_path), generation)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit and hit[0] == ident:
+        return hit[1]
+    base: VectorIndex | None = None
+    if hit and hit[0][0] == ident[0] and ident[0]:
+        base = hit[1].base  # same file, newer catalog: reuse the loaded index
+    elif ident[0]:
+        try:
+            base = VectorIndex.load(index_path, mmap=True, vectors_lookup=_lookup(coll))
+            use_gpu, why = gpu_available()
+            if use_gpu:
+                base.to_gpu()
+            log.info("search index %s: %s", base.spec.factory, "GPU" if use_gpu else f"CPU ({why})")
+        except (IndexFileError, OSError) as exc:
+            log.warning("index file unusable (%s): searching every stored vector exactly until "
+                        "`photodex reindex` or the next index run rebuilds it", exc)
+    if base is None and not ident[0]:
+        log.info("no index file yet: searching every stored vector exactly")
+    state_gen = index_state(coll).get("generation") if base is not None else None
+    if base is not None and state_gen == generation:
+        delta_ids, delta_vecs, gone = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32), np.zeros(0, np.int64)
+    else:
+        ids = coll.vector_ids()
+        have = base.ids if base is not None else np.zeros(0, np.int64)
+        new_ids, gone = np.setdiff1d(ids, have), np.setdiff1d(have, ids)
+        delta_ids, delta_vecs = coll.load_vectors(new_ids) if len(new_ids) else (new_ids, np.zeros((0, coll.dim), np.float32))
+        if len(delta_ids):
+            log.info("searching %d vectors committed after the index file exactly", len(delta_ids))
+    view = SearchableIndex(coll.dim, base, delta_ids, delta_vecs, gone, generation)
+    with _cache_lock:
+        _cache[key] = (ident, view)
+    return view

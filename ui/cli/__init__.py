@@ -1,0 +1,20 @@
+"""The ``photodex`` CLI, one module per command family.
+
+Modules:
+    app       the parser (registers each command module) and the one error-to-exit-code mapping
+    common    shared options and settings from flags + environment
+    indexing  index, reindex, info
+    search    search, similar
+    classify  classify, tags, eval zeroshot
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``photodex`` script."""
+    from .app import main as _main
+
+    return _main(argv)

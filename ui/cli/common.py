@@ -1,0 +1,52 @@
+"""What every command shares: common options, settings from flags and environment, opening."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from indexer.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from indexer.collection import Collection
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the command's explicit flags on top.
+
+    ``Settings.model_fields_set`` then says which fields were given (flag or ``PHOTODEX_*``)."""
+    return get_settings(
+        collection=getattr(args, "collection", None),
+        database_url=getattr(args, "database_url", None),
+        model=getattr(args, "model", None),
+        pretrained=getattr(args, "pretrained", None),
+        device=getattr(args, "device", None),
+        batch_size=getattr(args, "batch_size", None),
+        workers=getattr(args, "workers", None),
+    )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", help="collection folder (default: $PHOTODEX_COLLECTION)")
+    p.add_argument("--database-url", help="SQLAlchemy URL of the catalog (default: SQLite in the collection)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="open_clip model name, hf-hub:ORG/REPO or local-dir:PATH")
+    p.add_argument("--pretrained", help="pretrained tag or path to a weights file ('none' for random init)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def open_collection(settings: Settings) -> "Collection":
+    """Open the existing collection of ``settings`` for reading (a clear error if there is none)."""
+    from indexer.collection import Collection
+
+    return Collection.open(settings.collection, settings.database_url)
+
+
+Subparsers = Any  # argparse's private _SubParsersAction

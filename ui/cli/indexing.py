@@ -1,0 +1,106 @@
+"""``photodex index``, ``photodex reindex`` and ``photodex info``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ui.output import emit, printable
+
+from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from indexer.run import RunOptions, check_roots, index_paths
+    from retrieval.index.store import refresh_index
+    from ui.context import open_for_indexing
+    from ui.progress import TqdmProgress
+
+    settings = settings_from(args)
+    check_roots(args.paths)
+    coll, load = open_for_indexing(settings)
+    with coll, coll.writer_lock().acquire(wait=args.wait) as lock:
+        options = RunOptions(
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            max_image_pixels=settings.max_image_pixels,
+            include=args.include or settings.include,
+            exclude=args.exclude or settings.exclude,
+            retry_errors=args.retry_errors,
+        )
+        progress = TqdmProgress(enabled=None if not args.json else False)
+        try:
+            summary = index_paths(coll, load, args.paths, options, progress, lock=lock)
+        finally:
+            progress.close()
+        data = summary.to_dict()
+        data["index"] = refresh_index(coll)
+    emit(data, args.json, _index_text)
+    return EXIT_OK
+
+
+def _index_text(d: dict[str, Any]) -> str:
+    s, e, c = d["sync"], d["encode"], d["collection"]
+    lines = [
+        f"scanned {s['scanned']} files: {s['unchanged']} unchanged, {s['new_photos']} new photos, "
+        f"{s['linked_existing']} matched by content (moved/copied), {s['removed_files']} paths removed, "
+        f"{s['removed_photos']} photos removed",
+        f"encoded {e['encoded']} photos in {e['seconds']:.1f}s ({e['photos_per_second']:.1f} photos/s); "
+        f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
+        f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
+        f"index: {d['index']['action']} ({d['index']['factory']}, {d['index']['vectors']} vectors)",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from retrieval.index.store import refresh_index
+
+    settings = settings_from(args)
+    with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
+        result = refresh_index(coll, force_rebuild=args.force)
+    emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from retrieval.index.store import index_state
+
+    settings = settings_from(args)
+    with open_collection(settings) as coll:
+        if args.errors:
+            errors = coll.errors()
+            emit(errors, args.json,
+                 lambda rows: "\n".join(f"{printable(r['path'])}\t{printable(r['error'])}" for r in rows) or "no errors")
+            return EXIT_OK
+        stats = coll.stats()
+        stats["index"] = index_state(coll) or None
+        stats["encoder_spec"] = coll.manifest["encoder"]
+    emit(stats, args.json,
+         lambda d: "\n".join(f"{k}: {printable(str(v))}" for k, v in d.items() if k != "encoder_spec"))
+    return EXIT_OK
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("index", help="index photo folders into the collection (incremental, resumable)")
+    p.add_argument("paths", nargs="+", help="folders or files to index")
+    add_common(p)
+    add_model_args(p)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int, help="decode worker processes")
+    p.add_argument("--include", action="append", help="glob of files to include (repeatable)")
+    p.add_argument("--exclude", action="append", help="glob of files/folders to exclude (repeatable)")
+    p.add_argument("--retry-errors", action="store_true", help="try photos that failed before again")
+    p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)")
+    add_common(p)
+    p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
+    p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("info", help="what the collection holds")
+    add_common(p)
+    p.add_argument("--errors", action="store_true", help="list every file that could not be indexed and why")
+    p.set_defaults(func=cmd_info)
