@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,6 +50,26 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _readonly_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connection
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _readonly_sqlite_engine(path: str, immutable: bool) -> Engine:
+    """A SQLite engine that never writes (``mode=ro``; ``immutable=1`` where no -shm can be made)."""
+    query = "mode=ro&uri=true" + ("&immutable=1" if immutable else "")
+    engine = create_engine(f"sqlite:///file:{quote(path)}?{query}", connect_args={"timeout": 30})
+    event.listen(engine, "connect", _readonly_pragmas)
+    return engine
+
+
+def _is_readonly_error(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("readonly", "read-only", "unable to open", "permission denied"))
+
+
 def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -65,14 +88,47 @@ def upgrade(engine: Engine) -> None:
                               f"{str(exc).splitlines()[0]}") from exc
 
 
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
 class Catalog:
-    """Engine + session factory for one collection's catalog."""
+    """Engine + session factory for one collection's catalog.
+
+    A SQLite catalog that cannot be written (read-only file or folder) is opened read-only, so
+    a read-only collection can still be searched; it must already be at the newest schema."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.read_only = False
         self.engine = make_engine(url)
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except CollectionError as exc:
+            if self.engine.dialect.name != "sqlite" or not _is_readonly_error(exc.__cause__):
+                raise
+            self.engine.dispose()
+            self._open_read_only(str(make_url(url).database))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _open_read_only(self, path: str) -> None:
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        for immutable in (False, True):  # WAL needs a -shm file; immutable where none can be made
+            self.engine = _readonly_sqlite_engine(path, immutable)
+            try:
+                rev = current_revision(self.engine)
+            except SQLAlchemyError as exc:
+                self.engine.dispose()
+                if immutable or not _is_readonly_error(exc):
+                    raise CollectionError(f"cannot open catalog {path} read-only: {str(exc).splitlines()[0]}") from exc
+                continue
+            if rev != head:
+                raise CollectionError(f"catalog {path} is read-only and needs a schema upgrade ({rev} -> {head}); "
+                                      "open it once with write access")
+            log.info("catalog %s opened read-only%s", path, " (immutable)" if immutable else "")
+            self.read_only = True
+            return
 
     def session(self) -> Session:
         return self.sessions()

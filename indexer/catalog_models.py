@@ -58,10 +58,11 @@ class PhotoFile(Base):
     """A path on disk. Points at a photo, or carries the reason it could not be read."""
 
     __tablename__ = "photo_files"
+    __table_args__ = (UniqueConstraint("path_bytes", name="uq_photo_files_path_bytes"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
-    path_bytes: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False, index=True)  # display form; not unique
+    path_bytes: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # exact file-system name: the key
     photo_id: Mapped[int | None] = mapped_column(ForeignKey("photos.id", ondelete="SET NULL"), index=True)
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -47,6 +47,18 @@ def _stat(path: bytes, what: str, report: Callable[[ScanProblem], None]) -> os.s
         return None
 
 
+_KINDS = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """None for a regular file, else why it must not be opened (``"not a regular file (fifo)"``)."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "unknown type")
+    return f"not a regular file ({kind})"
+
+
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
@@ -62,19 +74,42 @@ def scan(
     """Yield photo files under ``roots`` (files given directly are yielded too).
 
     ``include``/``exclude`` are globs matched against the path relative to its root and against
-    the file name. Directories are visited once by (device, inode), so symlink cycles end.
-    Unreadable folders are reported through ``problems`` and skipped.
+    the file name. Directories are visited once by (device, inode), so symlink cycles and
+    overlapping roots end; each file path is yielded or reported at most once. Unreadable folders
+    and anything that is not a regular file (FIFO, socket, device) are reported through
+    ``problems`` and skipped: nothing here opens a file.
     """
-    report: Callable[[ScanProblem], None] = problems.append if problems is not None else (lambda _p: None)
+    sink: Callable[[ScanProblem], None] = problems.append if problems is not None else (lambda _p: None)
     seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[bytes] = set()
+
+    def report(problem: ScanProblem) -> None:
+        if problem.path not in seen_files:
+            seen_files.add(problem.path)
+            sink(problem)
+
+    def found(path: bytes, st: os.stat_result) -> ScannedFile | None:
+        """The file to yield, or None if it was already handled or is not a regular file."""
+        if path in seen_files:
+            log.debug("skipping %s: given more than once", display_path(path))
+            return None
+        reason = not_regular_reason(st.st_mode)
+        if reason is not None:
+            report(ScanProblem(path, reason))
+            return None
+        seen_files.add(path)
+        return ScannedFile(path, st.st_size, st.st_mtime_ns)
+
     for root in roots:
         root_b = os.fsencode(os.path.abspath(os.fspath(root)))
+        if root_b in seen_files:
+            continue
         st = _stat(root_b, "cannot read", report)
         if st is None:
             continue
         if not stat.S_ISDIR(st.st_mode):
-            if _has_photo_extension(root_b, extensions):
-                yield ScannedFile(root_b, st.st_size, st.st_mtime_ns)
+            if _has_photo_extension(root_b, extensions) and (entry := found(root_b, st)) is not None:
+                yield entry
             continue
         stack = [root_b]
         while stack:
@@ -88,7 +123,8 @@ def scan(
                 continue
             seen_dirs.add(key)
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
                 report(ScanProblem(folder, f"cannot list folder: {exc.strerror}"))
                 continue
@@ -109,8 +145,9 @@ def scan(
                     continue
                 if exclude and _matches(rel, exclude):
                     continue
-                fst = _stat(entry.path, "cannot stat", report)
-                if fst is None:
+                if entry.path in seen_files:
                     continue
-                yield ScannedFile(entry.path, fst.st_size, fst.st_mtime_ns)
+                fst = _stat(entry.path, "cannot stat", report)
+                if fst is not None and (found_file := found(entry.path, fst)) is not None:
+                    yield found_file
             stack.extend(reversed(subdirs))

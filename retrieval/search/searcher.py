@@ -132,7 +132,7 @@ class Searcher:
 
     def _stored_vector_for_path(self, path: str) -> np.ndarray | None:
         with self.coll.catalog.session() as s:
-            pid = s.scalar(select(PhotoFile.photo_id).where(PhotoFile.path == os.path.abspath(path)))
+            pid = s.scalar(select(PhotoFile.photo_id).where(PhotoFile.path_bytes == os.fsencode(os.path.abspath(path))))
         if pid is None:
             return None
         try:
