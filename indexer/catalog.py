@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -76,10 +78,21 @@ def alembic_config() -> Config:
     return cfg
 
 
+_upgrade_lock = threading.Lock()  # alembic's command API keeps module-global state: one at a time
+
+
+@functools.lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """The newest schema revision shipped with this photodex."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the catalog schema to the newest revision (idempotent)."""
+    """Bring the catalog schema to the newest revision (idempotent; a cheap check when current)."""
     try:
-        with engine.begin() as conn:
+        if current_revision(engine) == head_revision():
+            return
+        with _upgrade_lock, engine.begin() as conn:
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -113,7 +126,7 @@ class Catalog:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _open_read_only(self, path: str) -> None:
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        head = head_revision()
         for immutable in (False, True):  # WAL needs a -shm file; immutable where none can be made
             self.engine = _readonly_sqlite_engine(path, immutable)
             try:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import env_offline, make_library
 
@@ -69,3 +72,89 @@ def test_missing_photo_folder_is_refused_before_any_model_loads(tmp_path):
     r = _photodex("index", str(tmp_path / "no-such-folder"), "--collection", str(tmp_path / "c"), check_rc=2)
     assert "path not found" in r.stderr and "could not load encoder" not in r.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--collapse", "7"], "collapse is a cosine threshold"),
+    (["--collapse", "0"], "collapse is a cosine threshold"),
+    (["--nprobe", "-3"], "nprobe must be >= 1"),
+    (["--ef-search", "0"], "ef_search must be >= 1"),
+    (["-k", "0"], "k must be between 1"),
+    (["--offset", "-1"], "offset must be >= 0"),
+    (["--min-score", "2"], "min_score is a cosine"),
+    (["--filter", "colour=red"], "unknown filter key"),
+])
+def test_search_options_out_of_range_are_refused_before_any_model_loads(tmp_path, capsys, flags, message):
+    from ui.cli import main
+
+    # no collection and the default (downloadable) model: validation must come first
+    assert main(["search", "a dog", "--collection", str(tmp_path / "none"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc"])
+def test_non_finite_scores_are_usage_errors(tmp_path, capsys, value):
+    from ui.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "a dog", "--collection", str(tmp_path), f"--min-score={value}"])
+    assert exit_info.value.code == 2 and "--min-score must be a" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"format_version": 1}', '{"format_version": 1, "encoder": [1, 2]}',
+                                      '{"format_version": 1, "encoder": {"model": "x"}}', "{not json"])
+def test_manifest_of_the_wrong_shape_is_a_one_line_error(tmp_path, capsys, manifest):
+    from ui.cli import main
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "manifest.json").write_text(manifest)
+    assert main(["info", "--collection", str(coll)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_deleted_manifest_then_another_model_is_refused(tmp_path):
+    from tests.helpers import save_tiny_clip
+
+    lib, coll = tmp_path / "lib", tmp_path / "coll"
+    make_library(lib, 3)
+    model_a, _ = save_tiny_clip(tmp_path / "a", seed=1)
+    model_b, _ = save_tiny_clip(tmp_path / "b", seed=2)
+    _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--workers", "0")
+    (coll / "manifest.json").unlink()
+    make_library(lib, 2, start=50)
+    bad = _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_b}", check_rc=2)
+    assert "manifest is missing" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (coll / "manifest.json").exists()  # nothing was pinned to the other model
+    # the original model may re-create it and carry on
+    ok = _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--json")
+    assert json.loads(ok.stdout)["encode"]["encoded"] == 2
+
+
+def test_names_with_newlines_stay_on_one_line_in_text_output(tmp_path, tiny_clip):
+    folder, _ = tiny_clip
+    lib, coll = tmp_path / "lib", tmp_path / "coll"
+    make_library(lib, 2)
+    odd = lib / "evil\nname\t.jpg"
+    (lib / "0" / "sub0" / "img_0000.jpg").rename(odd)
+    _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}", "--workers", "0")
+    out = _photodex("search", "x", "--collection", str(coll), "--no-collapse").stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and any("evil\\nname\\t.jpg" in ln for ln in lines)
+    as_json = json.loads(_photodex("search", "x", "--collection", str(coll), "--no-collapse", "--json").stdout)
+    assert any(p.endswith("evil\nname\t.jpg") for h in as_json for p in h["paths"])  # JSON keeps the real name
+
+
+def test_unchanged_library_does_not_load_the_encoder(tmp_path, tiny_clip):
+    folder, _ = tiny_clip
+    lib, coll = tmp_path / "lib", tmp_path / "coll"
+    make_library(lib, 3)
+    first = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}",
+                                 "--json").stdout)
+    assert first["encoder_loaded"] is True
+    shutil.rmtree(folder)  # the model is gone: a re-check must not need it
+    again = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--json").stdout)
+    assert again["encoder_loaded"] is False and again["sync"]["unchanged"] == 3
+    assert again["index"]["action"] == "up-to-date"
