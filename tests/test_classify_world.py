@@ -40,8 +40,10 @@ def test_zero_shot_accuracy_on_held_out_images(heldout, encoder, tmp_path):
     results = classify_files(clf, paths, k=1)
     correct = [r.labels[0][0] == r.source.split("/")[-2] for r in results]
     assert np.mean(correct) >= 0.95, np.mean(correct)
-    probs = [r.labels[0][1] for r in results]
-    assert all(0 < p <= 1 for p in probs)
+    full = classify_files(clf, paths[:8], k=len(CLASSES))  # every label: a distribution over the list
+    for r in full:
+        assert len(r.labels) == len(CLASSES) and sum(p for _, p in r.labels) == pytest.approx(1.0, abs=1e-4)
+        assert r.labels[0][1] > 1 / len(CLASSES)  # the top label beats a uniform guess
     assert list((tmp_path / "zs").rglob("*.npy"))  # weights cached on disk, keyed by encoder + labels
 
 
@@ -51,7 +53,7 @@ def test_eval_ensemble_and_few_shot(heldout, encoder, tmp_path):
     report = evaluate_image_folder(encoder, heldout, str(tmpl), shots=4)
     assert report["zero_shot"]["top1"] >= 0.9
     cmp = report["templates_compared"]
-    assert cmp["ensemble_top1"] >= cmp["worst_single_top1"]
+    assert cmp["ensemble_top1"] >= (cmp["worst_single_top1"] + cmp["best_single_top1"]) / 2, cmp  # beats the average prompt
     fs = report["few_shot"]
     assert fs["few_shot_top1"] >= fs["zero_shot_top1"] - 0.02, fs  # not worse on the held-out split
     assert report["zero_shot"]["per_class"] and set(report["zero_shot"]["per_class"]) <= set(CLASSES)

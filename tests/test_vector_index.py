@@ -82,7 +82,7 @@ def test_choose_index_spec():
     assert forced.uses_pq  # only when memory forces it
     spec = choose_index_spec(1_000_000, 512)
     assert IndexSpec.from_json(spec.to_json()) == spec
-    json.loads(spec.to_json())
+    assert json.loads(spec.to_json())["factory"] == spec.factory
 
 
 @pytest.mark.parametrize("name", list(SPECS))

@@ -381,7 +381,6 @@ def test_ensemble_not_worse_than_worst_single_template():
     singles = [acc for _, acc in result.per_template]
     print(f"\nsingle-template top1 {min(singles):.3f}..{max(singles):.3f}, ensemble {result.ensemble_top1:.3f}")
     assert len(result.per_template) == len(templates)
-    assert result.ensemble_top1 >= result.worst_single_top1
     assert result.ensemble_top1 >= float(np.median(singles))  # averaging cancels prompt noise
     ensemble_weights = build_zero_shot_weights(names, templates, encode)
     report = evaluate_zero_shot(images, labels, names, ensemble_weights, 100.0)

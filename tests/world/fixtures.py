@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,9 @@ LIBRARY_SEED = 2024
 LIBRARY_SIZE = 120
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="session")
 def world_tiny_clip_dir() -> Path:
     """open_clip local-dir folder of the trained tiny CLIP (``"local-dir:" + str(path)``)."""
-    _offline()
     if not (TINY_CLIP_DIR / "open_clip_config.json").is_file():
         pytest.skip(f"tiny CLIP missing; run: python -m tests.world.train_clip --out {TINY_CLIP_DIR}")
     return TINY_CLIP_DIR
@@ -36,7 +29,6 @@ def world_tiny_clip_dir() -> Path:
 @pytest.fixture(scope="session")
 def world_tiny_vlm_dir() -> Path:
     """``save_pretrained`` folder of the trained tiny LLaVA-style VLM."""
-    _offline()
     if not (TINY_VLM_DIR / "config.json").is_file():
         pytest.skip(f"tiny VLM missing; run: python -m tests.world.train_vlm --out {TINY_VLM_DIR}")
     return TINY_VLM_DIR
