@@ -17,7 +17,7 @@ from indexer.run import RunOptions, index_paths
 from retrieval.index import store
 from retrieval.index.choice import flat_spec
 from retrieval.index.persistence import IndexFileError
-from retrieval.index.store import index_paths as index_files
+from retrieval.index.store import current_index_file
 from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
 from retrieval.scoring import top_k
@@ -71,7 +71,7 @@ def _damage(path, how: str) -> None:
 def test_damaged_index_is_detected_searched_exactly_and_rebuilt(indexed, how):
     coll_dir, _ = indexed
     with Collection.open(coll_dir) as coll:
-        index_file, _ = index_files(coll)
+        index_file = current_index_file(coll)
         q = _queries(coll)
         truth_s, truth_i = _exact(coll, q)
         _damage(index_file, how)
@@ -87,7 +87,7 @@ def test_damaged_index_is_detected_searched_exactly_and_rebuilt(indexed, how):
         assert not index_file.exists() or how in ("truncated", "same-size", "no-sidecar")
         result = refresh_index(coll)  # the writer repairs it
         assert result["action"] == "rebuilt" and result["vectors"] == 30
-        VectorIndex.load(index_file)  # verifies again
+        VectorIndex.load(current_index_file(coll))  # verifies again
         store._cache.clear()
         view = open_index(coll)
         assert view.base is not None and view.exact_rows == 0

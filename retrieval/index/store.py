@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,23 +35,39 @@ from .vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
-INDEX_FILE = "vectors.faiss"
 STATE_FILE = "state.json"
+KEEP_OLD_FILES = 1  # superseded index files kept for readers that are just opening them
 
 
-def index_paths(coll: Collection) -> tuple[Path, Path]:
-    """(index file, state file) of a collection."""
-    folder = coll.path / INDEX_DIR
-    return folder / INDEX_FILE, folder / STATE_FILE
+def index_dir(coll: Collection) -> Path:
+    return coll.path / INDEX_DIR
 
 
 def index_state(coll: Collection) -> dict[str, Any]:
-    """What the index file was built from (generation, type, parameters); empty if none yet."""
+    """What the current index file is and was built from (file, generation, type); empty if none."""
     try:
-        state = json.loads(index_paths(coll)[1].read_text())
+        state = json.loads((index_dir(coll) / STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
+
+
+def current_index_file(coll: Collection, state: dict[str, Any] | None = None) -> Path | None:
+    """The index file ``state.json`` points at (each version has its own name, never rewritten)."""
+    name = (state if state is not None else index_state(coll)).get("file")
+    return index_dir(coll) / name if isinstance(name, str) and "/" not in name else None
+
+
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Delete superseded index files (and sidecars), keeping ``keep`` and the newest few others."""
+    old = sorted((p for p in folder.glob("vectors-*.faiss") if p.name not in keep),
+                 key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in old[KEEP_OLD_FILES:]:
+        for victim in (path, VectorIndex.sidecar_path(path)):
+            try:
+                victim.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _lookup(coll: Collection):  # noqa: ANN202 - returns a VectorsLookup
@@ -68,13 +84,16 @@ def _lookup(coll: Collection):  # noqa: ANN202 - returns a VectorsLookup
 def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, Any]:
     """Bring the index file up to date with the catalog; returns what was done.
 
-    Call with the collection's writer lock held: this is the only code that writes the index."""
-    index_path, state_path = index_paths(coll)
+    Call with the collection's writer lock held: this is the only code that writes the index.
+    Each version goes to a new file, then ``state.json`` is switched to it atomically, so a
+    reader always finds a complete, matching pair."""
+    folder = index_dir(coll)
     generation = coll.catalog.generation()
     state = index_state(coll)
-    if not force_rebuild and state.get("generation") == generation:
+    current = current_index_file(coll, state)
+    if not force_rebuild and state.get("generation") == generation and current is not None:
         try:
-            VectorIndex.load(index_path, mmap=True)  # verifies size and checksums
+            VectorIndex.load(current, mmap=True)  # verifies size and checksums
             return {**state, "action": "up-to-date"}
         except (IndexFileError, OSError) as exc:
             log.warning("index file unusable (%s); rebuilding from stored vectors", exc)
@@ -82,9 +101,9 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
     spec = choose_index_spec(max(len(ids), 1), coll.dim)
     index: VectorIndex | None = None
     action = "rebuilt"
-    if not force_rebuild and state.get("factory") == spec.factory:
+    if not force_rebuild and current is not None and state.get("factory") == spec.factory:
         try:
-            index = VectorIndex.load(index_path, mmap=False)
+            index = VectorIndex.load(current, mmap=False)
         except (IndexFileError, OSError) as exc:
             log.warning("index file unusable (%s); rebuilding from stored vectors", exc)
         if index is not None:
@@ -101,10 +120,12 @@ def refresh_index(coll: Collection, force_rebuild: bool = False) -> dict[str, An
     if index is None:
         all_ids, vecs = coll.load_vectors()
         index = VectorIndex.build(all_ids, vecs, spec) if len(all_ids) else VectorIndex(coll.dim, spec)
-    index.save(index_path)
-    new_state = {"generation": generation, "factory": index.spec.factory, "kind": index.spec.kind,
+    name = f"vectors-{generation}-{uuid.uuid4().hex[:8]}.faiss"
+    index.save(folder / name)
+    new_state = {"file": name, "generation": generation, "factory": index.spec.factory, "kind": index.spec.kind,
                  "params": index.spec.params, "vectors": len(index)}
-    atomic_write_json(state_path, new_state)
+    atomic_write_json(folder / STATE_FILE, new_state)
+    _prune(folder, {name})
     log.info("index %s: %s", action, new_state)
     return {**new_state, "action": action}
 
@@ -180,32 +201,25 @@ _cache: dict[str, tuple[tuple, SearchableIndex]] = {}
 _cache_lock = threading.Lock()
 
 
-def _file_identity(path: Path) -> tuple:
-    try:
-        st = os.stat(path)
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return ()
-
-
 def open_index(coll: Collection) -> SearchableIndex:
     """A complete searchable view of ``coll``; never builds, never waits, writes nothing.
 
-    Cached per process by (index file identity, catalog generation)."""
-    index_path, _ = index_paths(coll)
+    Cached per process by (index file, catalog generation)."""
     generation = coll.catalog.generation()
+    state = index_state(coll)
+    index_file = current_index_file(coll, state)
     key = str(coll.path.resolve())
-    ident = (_file_identity(index_path), generation)
+    ident = (index_file.name if index_file else None, generation)
     with _cache_lock:
         hit = _cache.get(key)
     if hit and hit[0] == ident:
         return hit[1]
     base: VectorIndex | None = None
-    if hit and hit[0][0] == ident[0] and ident[0]:
+    if hit and hit[0][0] == ident[0] and hit[1].base is not None:
         base = hit[1].base  # same file, newer catalog: reuse the loaded index
-    elif ident[0]:
+    elif index_file is not None:
         try:
-            base = VectorIndex.load(index_path, mmap=True, vectors_lookup=_lookup(coll))
+            base = VectorIndex.load(index_file, mmap=True, vectors_lookup=_lookup(coll))
             use_gpu, why = gpu_available()
             if use_gpu:
                 base.to_gpu()
@@ -213,10 +227,9 @@ def open_index(coll: Collection) -> SearchableIndex:
         except (IndexFileError, OSError) as exc:
             log.warning("index file unusable (%s): searching every stored vector exactly until "
                         "`photodex reindex` or the next index run rebuilds it", exc)
-    if base is None and not ident[0]:
+    else:
         log.info("no index file yet: searching every stored vector exactly")
-    state_gen = index_state(coll).get("generation") if base is not None else None
-    if base is not None and state_gen == generation:
+    if base is not None and state.get("generation") == generation:
         delta_ids, delta_vecs, gone = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32), np.zeros(0, np.int64)
     else:
         ids = coll.vector_ids()
