@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .catalog_models import Meta
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 from .errors import CollectionError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ def _is_readonly_error(exc: BaseException | None) -> bool:
     return any(s in text for s in ("readonly", "read-only", "unable to open", "permission denied"))
 
 
-def alembic_config() -> Config:
+def alembic_config() -> "Config":
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -81,10 +84,23 @@ def alembic_config() -> Config:
 _upgrade_lock = threading.Lock()  # alembic's command API keeps module-global state: one at a time
 
 
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*=\s*['\"]?([\w.-]+|None)['\"]?", re.M)
+
+
 @functools.lru_cache(maxsize=1)
 def head_revision() -> str | None:
-    """The newest schema revision shipped with this photodex."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The newest schema revision shipped with this photodex (read from the migration files, without
+    importing alembic, so a read-only command opens its catalog quickly)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict((k, v) for k, v in _REVISION_LINE.findall(path.read_text()))
+        if "revision" in found:
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise CollectionError(f"migrations have {len(heads)} heads {sorted(heads)}; this install is broken")
+    return heads.pop()
 
 
 def upgrade(engine: Engine) -> None:
@@ -92,6 +108,8 @@ def upgrade(engine: Engine) -> None:
     try:
         if current_revision(engine) == head_revision():
             return
+        from alembic import command
+
         with _upgrade_lock, engine.begin() as conn:
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
@@ -102,8 +120,15 @@ def upgrade(engine: Engine) -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The catalog's schema revision (None for a new, empty catalog)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError as exc:
+            if "no such table" not in str(exc) and "does not exist" not in str(exc):
+                raise
+            conn.rollback()
+            return None
 
 
 class Catalog:

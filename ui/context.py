@@ -64,13 +64,40 @@ def open_for_indexing(settings: Settings) -> tuple[Collection, Callable[[], "Enc
 def open_for_search(settings: Settings, text_only: bool = False) -> tuple[Collection, Any]:
     """Open the collection and an encoder for it, refusing an encoder mismatch.
 
-    ``text_only``: a text search may use the collection's exported text tower when the
-    encoder was not chosen explicitly (no vision tower, no torch)."""
+    ``text_only`` (a text search) with no explicitly chosen model uses the fast text path:
+    query cache, then the collection's exported text tower, then the full model — no torch and
+    no vision tower unless the export is missing."""
     coll = Collection.open(settings.collection, settings.database_url)
     try:
-        encoder = load_chosen_encoder(settings)
-        coll.check_encoder(encoder.spec)
+        if text_only and not ({"model", "pretrained"} & settings.model_fields_set):
+            from retrieval.search.text_encoder import FastTextEncoder
+
+            return coll, FastTextEncoder(coll.path, coll.spec, lambda: load_checked_encoder(coll, settings))
+        return coll, load_checked_encoder(coll, settings)
     except BaseException:
         coll.close()
         raise
-    return coll, encoder
+
+
+def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
+    """The chosen encoder, refused unless the collection was built with it."""
+    encoder = load_chosen_encoder(settings)
+    coll.check_encoder(encoder.spec)
+    return encoder
+
+
+def export_text_tower(coll: Collection, encoder: "Encoder") -> str:
+    """Export the collection's fast text path from a loaded encoder (writer only); a reason on failure."""
+    from indexer.text_tower import TextTowerError, ensure_text_tower
+
+    try:
+        ensure_text_tower(coll.path, encoder)
+        return "ready"
+    except TextTowerError as exc:
+        return f"not exported ({exc}); text searches use the full model"
+
+
+def text_tower_ready(coll: Collection) -> bool:
+    from indexer.text_tower import try_load_text_tower
+
+    return try_load_text_tower(coll.path, coll.spec.id) is not None

@@ -35,8 +35,18 @@ def cmd_index(args: argparse.Namespace) -> int:
             progress.close()
         data = summary.to_dict()
         data["index"] = refresh_index(coll)
+        data["text_tower"] = _ensure_text_tower(coll, load, loaded=summary.encoder_loaded)
     emit(data, args.json, _index_text)
     return EXIT_OK
+
+
+def _ensure_text_tower(coll: Any, load: Any, loaded: bool) -> str:
+    """Export the fast text path once per encoder (the writer's job; loads the model only if missing)."""
+    from ui.context import export_text_tower, text_tower_ready
+
+    if text_tower_ready(coll):
+        return "ready"
+    return export_text_tower(coll, load())
 
 
 def _index_text(d: dict[str, Any]) -> str:
@@ -55,10 +65,13 @@ def _index_text(d: dict[str, Any]) -> str:
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from retrieval.index.store import refresh_index
+    from ui.context import export_text_tower, load_checked_encoder, text_tower_ready
 
     settings = settings_from(args)
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
         result = refresh_index(coll, force_rebuild=args.force)
+        if not text_tower_ready(coll):
+            result["text_tower"] = export_text_tower(coll, load_checked_encoder(coll, settings))
     emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors")
     return EXIT_OK
 

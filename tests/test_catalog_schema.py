@@ -1,0 +1,21 @@
+"""The cheap schema check agrees with alembic, so opening a catalog never skips a needed migration."""
+
+from __future__ import annotations
+
+from alembic.script import ScriptDirectory
+
+from indexer.catalog import Catalog, alembic_config, current_revision, head_revision, sqlite_url
+
+
+def test_head_revision_read_from_files_equals_alembics_head():
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_new_catalog_is_migrated_to_head_and_reopens_without_migrating(tmp_path):
+    url = sqlite_url(tmp_path / "catalog.db")
+    cat = Catalog(url)
+    assert current_revision(cat.engine) == head_revision()
+    cat.dispose()
+    again = Catalog(url)
+    assert current_revision(again.engine) == head_revision() and not again.read_only
+    again.dispose()
