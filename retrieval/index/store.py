@@ -162,6 +162,20 @@ class SearchableIndex:
         """How many vectors each query scans exactly (those committed after the index file)."""
         return len(self.delta_ids)
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Unit vectors of searchable ids, in the order given, from memory (index + delta)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), np.float32)
+        in_delta = np.isin(ids, self.delta_ids)
+        if in_delta.any():
+            order = np.argsort(self.delta_ids)
+            out[in_delta] = self.delta_vecs[order[np.searchsorted(self.delta_ids, ids[in_delta], sorter=order)]]
+        if (~in_delta).any():
+            if self.base is None:
+                raise KeyError("ids outside the searchable set")
+            out[~in_delta] = self.base.reconstruct(ids[~in_delta])
+        return out
+
     def search(self, queries: np.ndarray, k: int, *, params: SearchParams | None = None,
                allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) over base + delta, like :meth:`VectorIndex.search`."""

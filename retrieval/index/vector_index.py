@@ -334,6 +334,16 @@ class VectorIndex:
             return self._inner().reconstruct_batch(pos)
         return self._index.reconstruct_batch(ids)
 
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The index's own copies of live vectors by photo id (exact for Flat storage, SQ8-decoded
+        otherwise): no catalog read, for work such as near-duplicate collapse."""
+        ids = as_ids(ids)
+        with self._lock.read():
+            if self._mapped:
+                pos = self._live_internal[np.searchsorted(self._live_ids, ids)]
+                return self._inner().reconstruct_batch(pos)
+            return self._index.reconstruct_batch(ids)
+
     def _exact_subset(self, q: np.ndarray, k: int, ids: np.ndarray,
                       lookup: VectorsLookup | None) -> tuple[np.ndarray, np.ndarray]:
         idx, vals = top_k(q @ self._vectors(ids, lookup).T, k, ids, pad=True)
