@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -104,3 +105,95 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+# ---- moderation (retrieval/moderation; migration 0003) ------------------------------------------
+
+class ModerationPolicy(Base):
+    """One immutable version of a named moderation policy; at most one version is active.
+
+    ``body`` is the validated policy JSON, ``weights`` the float32 prompt vectors computed with
+    the collection's encoder when the version was stored (so decisions need no text model), and
+    ``calibration`` the stored precision-recall curves and chosen points (JSON) if any.
+    """
+
+    __tablename__ = "moderation_policies"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_moderation_policy_version"),
+        Index("uq_moderation_policies_one_active", "active", unique=True,
+              sqlite_where=text("active"), postgresql_where=text("active")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    encoder_spec_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    weights: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    calibration: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class ModerationRun(Base):
+    """One re-evaluation of the library under a policy version (its counts, for the audit trail)."""
+
+    __tablename__ = "moderation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("moderation_policies.id"), nullable=False, index=True)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # rescan | ingest
+    photos: Mapped[int] = mapped_column(Integer, nullable=False)
+    changed: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class ModerationDecision(Base):
+    """Append-only history: one row each time a photo's decision changes (never updated)."""
+
+    __tablename__ = "moderation_decisions"
+    __table_args__ = (Index("ix_moderation_decisions_photo", "photo_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), nullable=False)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("moderation_policies.id"), nullable=False, index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("moderation_runs.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    hits: Mapped[str] = mapped_column(Text, nullable=False, default="")  # comma-joined concept names
+    review: Mapped[str] = mapped_column(Text, nullable=False, default="")  # comma-joined concept names
+    adjusted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)  # special care applied
+    scores: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {concept: score}
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class ModerationState(Base):
+    """The current decision of each moderated photo (a pointer into the history, for fast filters)."""
+
+    __tablename__ = "moderation_state"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("moderation_decisions.id", ondelete="CASCADE"),
+                                             nullable=False, index=True)
+    action: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    hits: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    review: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+# ---- API keys (ui/api/security; migration 0004) -------------------------------------------------
+
+class ApiKey(Base):
+    """An API key of the HTTP API: only its sha256 is stored; ``prefix`` is its public lookup part."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("name", name="uq_api_keys_name"),
+                      UniqueConstraint("key_hash", name="uq_api_keys_key_hash"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)  # read | write | admin
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -4,7 +4,7 @@ Sub-packages:
     index       FAISS index types, choice, persistence with checksums, the index file's upkeep
     search      text / image / id search, filters, query arithmetic, near-duplicate collapse
     classify    labels, templates, zero-shot weights and cache, few-shot heads, tagging, metrics
-    moderation  (reserved) versioned policies, decisions, re-evaluation and calibration
+    moderation  versioned policies, decisions and their history, re-evaluation, calibration
 Module:
     scoring     L2-normalisation, top-k and softmax shared by all of them
 """

@@ -134,8 +134,13 @@ def test_threshold_review_band_and_strongest_action():
     assert d.levels[1].tolist() == [LEVEL_REVIEW, LEVEL_NONE, LEVEL_NONE]
     assert d.levels[4].tolist() == [LEVEL_HIT, LEVEL_HIT, LEVEL_HIT]
     assert not d.adjusted.any()
-    # exactly at the threshold counts as a hit
+    # exactly at the threshold counts as a hit; float32 scores are compared exactly with float64 thresholds
     assert decide_arrays(np.array([[0.25]], np.float32), [0.25], [None], [FLAG], [False]).outcome.tolist() == [FLAG]
+    above, below = np.float32(0.1), np.nextafter(np.float32(0.1), np.float32(0))  # 0.1 lies between them
+    for thr, expected in ((0.1, [FLAG, 0]), (float(above), [FLAG, 0]), (float(below), [FLAG, FLAG]),
+                          (float(above) + 1e-12, [0, 0])):
+        got = decide_arrays(np.array([[above], [below]], np.float32), [thr], [None], [FLAG], [False]).outcome
+        assert got.tolist() == expected, thr
 
 
 def test_special_care_hit_lowers_every_other_threshold_by_the_adjustment():
@@ -153,6 +158,10 @@ def test_special_care_hit_lowers_every_other_threshold_by_the_adjustment():
     assert [OUTCOMES[o] for o in d.outcome] == ["block", "review", "block", "block", "allow", "quarantine"]
     plain = decide_arrays(scores, *args, adjustment=0.0)
     assert plain.levels[0, 1] == LEVEL_REVIEW  # the adjustment alone made row 0's hit
+    # special-care concepts are judged at their own thresholds: one's hit does not lower another's
+    two = decide_arrays(np.array([[0.6, 0.495]], np.float32), [0.5, 0.5], [None, None], [FLAG, BLOCK],
+                        [True, True], adjustment=0.01)
+    assert two.levels.tolist() == [[LEVEL_HIT, LEVEL_NONE]] and OUTCOMES[two.outcome[0]] == "flag"
 
 
 def test_explain_row_reports_effective_threshold_and_margin():

@@ -8,5 +8,6 @@ Modules:
     persistence   the index file's sidecar: spec, counts and per-block checksums
     gpu           GPU FAISS availability and mirroring
     recall        exact k-NN ground truth and recall@k
+    state         which index file is current (index/state.json), readable without faiss
     store         the collection's index file: refreshed by the writer, opened by readers
 """

@@ -30,32 +30,12 @@ from retrieval.scoring import top_k
 from .choice import SearchParams, choose_index_spec
 from .gpu import gpu_available
 from .persistence import IndexFileError
+from .state import STATE_FILE, current_index_file, index_dir, index_state
 from .vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-INDEX_DIR = "index"
-STATE_FILE = "state.json"
 KEEP_OLD_FILES = 1  # superseded index files kept for readers that are just opening them
-
-
-def index_dir(coll: Collection) -> Path:
-    return coll.path / INDEX_DIR
-
-
-def index_state(coll: Collection) -> dict[str, Any]:
-    """What the current index file is and was built from (file, generation, type); empty if none."""
-    try:
-        state = json.loads((index_dir(coll) / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def current_index_file(coll: Collection, state: dict[str, Any] | None = None) -> Path | None:
-    """The index file ``state.json`` points at (each version has its own name, never rewritten)."""
-    name = (state if state is not None else index_state(coll)).get("file")
-    return index_dir(coll) / name if isinstance(name, str) and "/" not in name else None
 
 
 def _prune(folder: Path, keep: set[str]) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import and_, exists, or_, select
 from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
 from indexer.collection import Collection
 from indexer.errors import InputError
+from retrieval.moderation.visibility import moderation_condition
 
 
 class FilterError(InputError):
@@ -31,7 +32,7 @@ class SearchFilters:
     has_gps: bool | None = None
     file_type: str | None = None  # jpeg, png, heif, ...
     tags: list[str] = field(default_factory=list)  # all must be present
-    moderation: str | None = None  # a moderation decision label, stored as tag in taxonomy "moderation"
+    moderation: str | None = None  # allow, review, flag, quarantine, block or "any" (retrieval.moderation.visibility)
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) in (None, []) for f in fields(self))
@@ -115,9 +116,8 @@ def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray |
         cond.append(Photo.format == filters.file_type)
     for label in filters.tags:
         cond.append(exists().where(Tag.photo_id == Photo.id, Tag.label == label))
-    if filters.moderation:
-        cond.append(exists().where(Tag.photo_id == Photo.id, Tag.taxonomy == "moderation",
-                                   Tag.label == filters.moderation))
+    if filters.moderation and (moderated := moderation_condition(filters.moderation)) is not None:
+        cond.append(moderated)
     with coll.catalog.session() as s:
         if filters.path:
             rows = s.execute(select(Photo.id, PhotoFile.path).join(PhotoFile, PhotoFile.photo_id == Photo.id)

@@ -16,7 +16,8 @@ from indexer.collection import Collection
 from indexer.errors import InputError
 from indexer.vectors import decode_vectors
 from retrieval.index.choice import SearchParams
-from retrieval.index.store import open_index
+from retrieval.index.store import SearchableIndex, open_index
+from retrieval.moderation.visibility import hidden_ids
 
 from .collapse import collapse_groups
 from .filters import SearchFilters, allowed_ids
@@ -159,9 +160,10 @@ class Searcher:
         options = (options or SearchOptions()).validate()
         index = open_index(self.coll)
         allowed = allowed_ids(self.coll, options.filters)
-        if options.exclude_ids:
+        excluded = np.union1d(np.asarray(options.exclude_ids, np.int64), hidden_ids(self.coll, options.filters))
+        if len(excluded):  # moderation: quarantined/blocked photos unless the filters ask for them
             base = allowed if allowed is not None else index.ids
-            allowed = np.setdiff1d(base, np.asarray(options.exclude_ids, np.int64))
+            allowed = np.setdiff1d(base, excluded)
         if allowed is not None and len(allowed) == 0:
             return []
         available = len(index) if allowed is None else len(allowed)
@@ -176,7 +178,7 @@ class Searcher:
                 above = hits_scores >= options.min_score
                 exhausted_by_score = not above.all()
                 hits_ids, hits_scores = hits_ids[above], hits_scores[above]
-            groups = self._collapse(hits_ids, options.collapse)
+            groups = self._collapse(index, hits_ids, options.collapse)
             if len(groups) >= want or fetch >= available or exhausted_by_score or round_ == MAX_FETCH_GROWTH:
                 break
             # grow by how much collapse thinned this round (at least x2, at most x4)
@@ -186,11 +188,10 @@ class Searcher:
         score_of = dict(zip(hits_ids.tolist(), hits_scores.tolist()))
         return self._hydrate([(g[0], score_of[g[0]], g[1:]) for g in page])
 
-    def _collapse(self, ids: np.ndarray, threshold: float | None) -> list[list[int]]:
+    def _collapse(self, index: SearchableIndex, ids: np.ndarray, threshold: float | None) -> list[list[int]]:
         if threshold is None or len(ids) < 2:
             return [[int(i)] for i in ids]
-        got, vecs = self.coll.vectors_in_order(ids)
-        return collapse_groups(got, vecs, threshold)
+        return collapse_groups(ids, index.vectors(ids), threshold)
 
     def _hydrate(self, rows: list[tuple[int, float, list[int]]]) -> list[SearchHit]:
         if not rows:

@@ -77,7 +77,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from retrieval.index.store import index_state
+    from retrieval.index.state import index_state
 
     settings = settings_from(args)
     with open_collection(settings) as coll:

@@ -1,0 +1,54 @@
+"""What search may show: quarantined and blocked photos are hidden unless the caller asks for them.
+
+The ``moderation=`` search filter is the way to ask: ``moderation=quarantine`` returns only
+quarantined photos, ``moderation=any`` (or ``all``) returns every photo whatever its decision.
+A photo's decision is its current row in ``moderation_state``; a manual tag in the
+``moderation`` taxonomy (the filter's earlier meaning) still counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ColumnElement, exists, or_, select, union
+
+from indexer.catalog_models import ModerationState, Photo, Tag
+from indexer.collection import Collection
+
+from .policy import HIDDEN_ACTIONS, OUTCOMES
+
+TAXONOMY = "moderation"
+SHOW_ALL = ("any", "all")
+
+
+def moderation_condition(value: str) -> ColumnElement[bool] | None:
+    """SQL condition on ``Photo`` for ``moderation=value``; None when every photo is wanted."""
+    v = value.strip().lower()
+    if v in SHOW_ALL:
+        return None
+    tagged = exists().where(Tag.photo_id == Photo.id, Tag.taxonomy == TAXONOMY, Tag.label == value.strip())
+    if v not in OUTCOMES:
+        return tagged
+    return or_(exists().where(ModerationState.photo_id == Photo.id, ModerationState.action == v), tagged)
+
+
+def asks_for_moderated(filters: Any) -> bool:
+    """Whether a search's filters name a moderation value (then nothing is hidden by default)."""
+    return bool(getattr(filters, "moderation", None))
+
+
+def hidden_ids(coll: Collection, filters: Any = None) -> np.ndarray:
+    """Sorted ids that a search with ``filters`` must not return (quarantined or blocked).
+
+    Empty when the filters ask for a moderation value (the caller chose what to see).
+    """
+    if asks_for_moderated(filters):
+        return np.zeros(0, dtype=np.int64)
+    stmt = union(
+        select(ModerationState.photo_id).where(ModerationState.action.in_(HIDDEN_ACTIONS)),
+        select(Tag.photo_id).where(Tag.taxonomy == TAXONOMY, Tag.label.in_(HIDDEN_ACTIONS)),
+    )
+    with coll.catalog.session() as s:
+        ids = s.scalars(stmt).all()
+    return np.unique(np.asarray(ids, dtype=np.int64))

@@ -1,0 +1,101 @@
+"""A real `photodex serve` process on loopback, spoken to with httpx; two workers on a PostgreSQL catalog."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from indexer.collection import Collection
+from indexer.run import RunOptions, index_paths
+from retrieval.index.store import refresh_index
+from tests.helpers import env_offline, make_library
+from ui.api.security import create_api_key
+
+API = "/api/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(*args: str, timeout: float = 90) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--port", str(port), *args],
+                            env=env_offline(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()}")
+            try:
+                if httpx.get(f"{base}{API}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not become ready")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _collection(root: Path, encoder, database_url: str | None = None) -> Path:
+    make_library(root / "lib", 8)
+    with Collection.open_for_encoder(root / "coll", encoder.spec, database_url) as coll:
+        index_paths(coll, encoder, [root / "lib"], RunOptions(batch_size=8, workers=0))
+        refresh_index(coll)
+    return root / "coll"
+
+
+def test_real_server_on_loopback(tmp_path, tiny_encoder):
+    coll_dir = _collection(tmp_path, tiny_encoder)
+    with serve("--collection", str(coll_dir)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get(f"{API}/healthz").json() == {"status": "ok"}
+        hits = c.post(f"{API}/search", json={"text": "a photo", "k": 3, "collapse": None})
+        assert hits.status_code == 200 and len(hits.json()["results"]) == 3
+        pid = hits.json()["results"][0]["id"]
+        orig = c.get(f"{API}/photos/{pid}/original")
+        assert orig.content == Path(hits.json()["results"][0]["paths"][0]).read_bytes()
+        for raw in (f"{API}/photos/..%2F..%2F..%2Fetc%2Fpasswd",
+                    f"{API}/photos/{pid}%2F..%2F..%2Fetc%2Fpasswd/original"):
+            resp = c.get(httpx.URL(base + raw))  # sent as is: no client-side normalisation
+            assert resp.status_code in (404, 422) and set(resp.json()) == {"error"} and "root:" not in resp.text
+        assert c.post(f"{API}/index/jobs", json={"paths": ["/tmp"]}).status_code == 401
+        big = c.post(f"{API}/search/image", files={"file": ("x.png", b"\0" * (40 * 1024 * 1024), "image/png")})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+        assert 'route="/api/v1/search",status="200"' in c.get(f"{API}/metrics").text
+
+
+def test_two_workers_on_postgresql(tmp_path, tiny_encoder, pg_database_url):
+    coll_dir = _collection(tmp_path, tiny_encoder, pg_database_url)
+    with Collection.open(coll_dir, pg_database_url) as coll:
+        key = create_api_key(coll.catalog, "w", "write")
+    args = ("--collection", str(coll_dir), "--database-url", pg_database_url, "--workers", "2")
+    with serve(*args) as base, httpx.Client(base_url=base, timeout=30) as c:
+        ids = set()
+        for _ in range(30):
+            resp = c.post(f"{API}/search", json={"text": "a photo", "k": 8, "collapse": None})
+            assert resp.status_code == 200, resp.text
+            ids.add(tuple(h["id"] for h in resp.json()["results"]))
+        assert len(ids) == 1  # every worker answers the same
+        # a key created in the shared catalog is known to every worker; keys are checked there
+        for _ in range(6):
+            assert c.post(f"{API}/index/jobs", json={"paths": ["/tmp"]}, headers={"X-API-Key": key}).status_code == 403
+            bad = c.post(f"{API}/index/jobs", json={"paths": ["/tmp"]}, headers={"X-API-Key": "pdx_bad"})
+            assert bad.status_code == 401

@@ -1,0 +1,14 @@
+"""The photodex HTTP API (FastAPI), served by ``photodex serve``; everything under ``/api/v1``.
+
+Modules:
+    app         create_app(settings): lifespan, routers, error handlers, CORS, metrics, OpenAPI
+    deps        Annotated dependencies: settings, runtime, collection, searcher, API-key access
+    errors      the one error shape {"error": {"code", "message", "detail"}} and its handlers
+    schemas     pydantic request and response models
+    security    API keys: create, list, revoke, verify (sha256 in the catalog, constant-time compare)
+    runtime     what a running API holds: collection, warm encoder (calls serialised), searcher, jobs
+    jobs        index jobs in background threads holding the writer lock; library-root allow-list
+    uploads     upload checks: bytes (413), not an image (415), pixels (422)
+    metrics     Prometheus registry and the per-route request/latency middleware
+    routers     one router per domain (see routers/__init__.py)
+"""

@@ -1,0 +1,131 @@
+"""The one error shape ``{"error": {"code", "message", "detail"}}`` and the handlers that make it.
+
+Mapping (once, here): :class:`ApiError` → its status; photodex's error family
+(:mod:`indexer.errors`): ``WriterBusyError`` → 409, ``DecodeError`` → 422 ``undecodable_image``,
+``InputError`` → 422 ``invalid_input``, ``ConfigError`` → 500 ``config_error``; HTTP errors (404,
+405, 413, ...) → their status; request validation → 422 ``validation_error`` (400 ``invalid_json``
+for a body that is not JSON); anything else → 500 ``internal_error``, logged with its traceback
+and never shown to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from indexer.decode import DecodeError
+from indexer.errors import ConfigError, InputError, PhotodexError, WriterBusyError
+
+log = logging.getLogger(__name__)
+
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+         422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "not_ready"}
+
+
+class ApiError(Exception):
+    """An error the API reports as is: HTTP ``status``, a stable ``code``, a message and detail."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def error_response(status: int, code: str, message: str, detail: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "detail": detail}}, status_code=status,
+                        headers=headers)
+
+
+def _photodex_status(exc: PhotodexError) -> tuple[int, str]:
+    if isinstance(exc, WriterBusyError):
+        return 409, "writer_busy"
+    if isinstance(exc, DecodeError):
+        return 422, "undecodable_image"
+    if isinstance(exc, InputError):
+        return 422, "invalid_input"
+    if isinstance(exc, ConfigError):
+        return 500, "config_error"
+    return 400, "bad_request"
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.detail, exc.headers)
+
+
+async def _photodex_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PhotodexError)
+    status, code = _photodex_status(exc)
+    if status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(status, code, str(exc))
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    message = exc.detail if isinstance(exc.detail, str) else phrase
+    detail = None if isinstance(exc.detail, str) else exc.detail
+    return error_response(status, CODES.get(status, f"http_{status}"), message, detail, exc.headers)
+
+
+def _clean_validation(errors: Any) -> list[dict[str, Any]]:
+    """loc, msg and type of each validation error; the offending input is never echoed."""
+    return [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors]
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _clean_validation(exc.errors())
+    if any(e["type"] == "json_invalid" for e in errors):
+        return error_response(400, "invalid_json", "the request body is not valid JSON", errors)
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(first["loc"])
+    return error_response(422, "validation_error", f"{where}: {first['msg']}" if where else first["msg"], errors)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error (logged on the server)")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to the one error shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(PhotodexError, _photodex_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+_DESCRIPTIONS = {400: "Bad request (e.g. a body that is not JSON)", 401: "Missing or unknown API key",
+                 403: "API key scope too small, or a path outside the library roots", 404: "Not found",
+                 409: "Conflict (the collection's writer lock is held, or the job has finished)",
+                 413: "Request body or upload too large", 415: "Upload is not an image",
+                 422: "Invalid request (validation, bad filter, too many pixels, undecodable image)",
+                 503: "Not ready"}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these statuses, all in the one error shape."""
+    from .schemas import ErrorResponse
+
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, HTTPStatus(s).phrase)} for s in statuses}

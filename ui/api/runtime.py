@@ -1,0 +1,121 @@
+"""What the running API holds: the open collection, the warm encoder (its calls serialised), the searcher.
+
+Built by the app's lifespan (:func:`open_runtime`) in a worker thread and closed at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.collection import Collection
+from indexer.settings import Settings
+from retrieval.index.store import open_index
+from retrieval.search.searcher import Searcher
+
+from .jobs import JobManager, Runner
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from retrieval.classify.tagging import ZeroShotClassifier
+
+log = logging.getLogger(__name__)
+
+EncoderLoader = Callable[[Settings], Any]
+MAX_CLASSIFIERS = 32
+
+
+class LockedEncoder:
+    """An encoder whose ``encode_*`` calls hold one lock: model (GPU) work runs one call at a time.
+
+    Everything else (``spec``, ``image_size``, ``logit_scale``, ...) is forwarded unchanged."""
+
+    def __init__(self, encoder: Any, metrics: Metrics | None = None) -> None:
+        self._encoder = encoder
+        self._lock = threading.Lock()
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def _timed(self, kind: str, fn: Callable[[Any], np.ndarray], arg: Any) -> np.ndarray:
+        with self._lock:
+            start = time.perf_counter()
+            out = fn(arg)
+            if self._metrics is not None:
+                self._metrics.encoder.labels(kind).observe(time.perf_counter() - start)
+        return out
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._timed("text", self._encoder.encode_texts, texts)
+
+    def encode_images(self, images: Any) -> np.ndarray:
+        return self._timed("image", self._encoder.encode_images, images)
+
+
+@dataclass
+class Runtime:
+    """The API's open resources; one per process (per uvicorn worker)."""
+
+    settings: Settings
+    collection: Collection
+    encoder: LockedEncoder
+    searcher: Searcher
+    jobs: JobManager
+    metrics: Metrics
+    _classifiers: "OrderedDict[tuple[tuple[str, ...], str], ZeroShotClassifier]" = field(default_factory=OrderedDict)
+    _classifiers_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def classifier(self, labels: Sequence[str], templates: str) -> "ZeroShotClassifier":
+        """A zero-shot classifier for these labels and template set (kept for the next request)."""
+        from retrieval.classify.tagging import ZeroShotClassifier
+
+        key = (tuple(labels), templates)
+        with self._classifiers_lock:
+            clf = self._classifiers.get(key)
+            if clf is not None:
+                self._classifiers.move_to_end(key)
+                return clf
+        clf = ZeroShotClassifier(self.encoder, labels, templates)  # type: ignore[arg-type]
+        with self._classifiers_lock:
+            self._classifiers[key] = clf
+            while len(self._classifiers) > MAX_CLASSIFIERS:
+                self._classifiers.popitem(last=False)
+        return clf
+
+    def close(self) -> None:
+        self.jobs.shutdown()
+        self.collection.close()
+
+
+def default_encoder_loader(settings: Settings) -> Any:
+    from ui.context import load_chosen_encoder
+
+    return load_chosen_encoder(settings)
+
+
+def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLoader | None = None,
+                 index_runner: Runner | None = None) -> Runtime:
+    """Open the collection, load and warm the encoder, open the search index (blocking: run in a thread)."""
+    start = time.perf_counter()
+    coll = Collection.open(settings.collection, settings.database_url)
+    try:
+        raw = (encoder_loader or default_encoder_loader)(settings)
+        coll.check_encoder(raw.spec)
+        encoder = LockedEncoder(raw, metrics)
+        encoder.encode_texts(["a photo"])  # warm: the first request pays no lazy initialisation
+        open_index(coll)
+        searcher = Searcher(coll, encoder)  # type: ignore[arg-type]
+        jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner)
+    except BaseException:
+        coll.close()
+        raise
+    log.info("API ready: collection %s, encoder %s (%.1fs)", coll.path, raw.spec.id, time.perf_counter() - start)
+    return Runtime(settings, coll, encoder, searcher, jobs, metrics)
