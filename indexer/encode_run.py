@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 
 from .catalog_models import ERROR, INDEXED, PENDING, Embedding, Photo, PhotoFile
 from .collection import Collection
-from .vectors import encode_vector
 from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
 from .encoders import Encoder
 from .progress import Progress
+from .vectors import encode_vector
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,12 @@ def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: in
     )
 
 
-def _commit_batch(coll: Collection, batch: dict[str, Any], vectors: Any) -> None:
+BatchHook = Callable[[Session, np.ndarray, np.ndarray], Any]
+"""Called inside a batch's transaction with (session, photo ids, their vectors): its writes commit or
+roll back with the vectors (photodex uses it for moderation decisions at ingest)."""
+
+
+def _commit_batch(coll: Collection, batch: dict[str, Any], vectors: Any, on_commit: BatchHook | None = None) -> None:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     with coll.catalog.session() as s, s.begin():
         for photo_id, vec, facts in zip(batch["ids"], vectors, batch["facts"]):
@@ -141,6 +148,8 @@ def _commit_batch(coll: Collection, batch: dict[str, Any], vectors: Any) -> None
             s.execute(update(Photo).where(Photo.id == photo_id).values(status=ERROR, error=reason))
         if batch["ids"]:
             coll.catalog.bump_generation(s)
+            if on_commit is not None:
+                on_commit(s, np.asarray(batch["ids"], np.int64), np.asarray(vectors, np.float32))
 
 
 def encode_pending(
@@ -150,6 +159,7 @@ def encode_pending(
     workers: int = 2,
     max_image_pixels: int = 178_956_970,
     progress: Progress | None = None,
+    on_commit: BatchHook | None = None,
 ) -> EncodeReport:
     """Encode all pending photos of ``coll``; returns counts and throughput."""
     items = pending_items(coll)
@@ -163,7 +173,7 @@ def encode_pending(
         progress("encode", 0, len(items))
     for batch in loader:
         vectors = encoder.encode_images(batch["pixels"]) if batch["pixels"] is not None else []
-        _commit_batch(coll, batch, vectors)
+        _commit_batch(coll, batch, vectors, on_commit)
         for photo_id, reason in batch["errors"]:
             log.warning("photo %d skipped: %s", photo_id, reason)
         report.encoded += len(batch["ids"])

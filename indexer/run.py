@@ -21,7 +21,7 @@ from .sync import SyncReport, sync_catalog
 from .writer_lock import WriterLock
 
 if TYPE_CHECKING:
-    from .encode_run import EncodeReport
+    from .encode_run import BatchHook, EncodeReport
     from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class RunOptions:
     exclude: Sequence[str] = ()
     retry_errors: bool = False
     wait: bool = False  # wait for another writer instead of refusing
+    on_commit: "BatchHook | None" = None  # runs inside each batch's transaction (e.g. moderation decisions)
 
 
 @dataclass
@@ -89,6 +90,6 @@ def index_paths(
             coll.check_encoder(enc.spec)
             loaded = True
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
-                                    progress)
+                                    progress, on_commit=options.on_commit)
         coll.touch()
     return RunSummary(sync, encode, time.perf_counter() - start, loaded, coll.stats())

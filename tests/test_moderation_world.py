@@ -466,3 +466,21 @@ def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, empty_pg_url)
         assert rescan(pg, r2).changed == 0
     finally:
         pg.close()
+
+
+def test_index_run_decides_new_photos_with_the_active_policy(coll, world, truth, tmp_path, capsys):
+    from tests.world.generate import write_library
+
+    save_policy(coll, parse_policy(skull_policy(float(np.median(truth[3])))), world.encoder, activate=True)
+    rescan(coll, get_policy(coll))  # the existing library is decided
+    before = _counts(coll)["moderation_decisions"]
+    write_library(tmp_path / "new", 24, 99)
+    code, out, err = _main(capsys, "index", str(tmp_path / "new"), "--collection", str(coll.path), "--workers", "0",
+                           "--json")
+    assert code == 0 and json.loads(out)["encode"]["encoded"] == 24, err
+    with coll.catalog.session() as s:
+        new_ids = {pid for path, pid in s.execute(select(PhotoFile.path, PhotoFile.photo_id))
+                   if path.startswith(str(tmp_path / "new"))}
+    assert len(new_ids) == 24 and new_ids <= set(_state(coll))  # every new photo was decided at ingest
+    assert _counts(coll)["moderation_decisions"] == before + 24
+    assert rescan(coll, get_policy(coll), dry_run=True).changed == 0  # exactly what a rescan would decide

@@ -101,3 +101,10 @@ def text_tower_ready(coll: Collection) -> bool:
     from indexer.text_tower import try_load_text_tower
 
     return try_load_text_tower(coll.path, coll.spec.id) is not None
+
+
+def ingest_hook() -> Callable[..., Any]:
+    """What every index run does with each committed batch: the active moderation policy's decisions."""
+    from retrieval.moderation.rescan import decide_in_session
+
+    return decide_in_session

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.errors import PhotodexError
+from ui.context import ingest_hook
 from indexer.run import RunOptions
 
 from .errors import ApiError, not_found
@@ -104,7 +105,7 @@ class JobManager:
         job = Job(id=uuid.uuid4().hex, paths=real)
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
-                             exclude=self.settings.exclude, retry_errors=retry_errors)
+                             exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook())
         job.thread = threading.Thread(target=self._run, args=(job, lock, options), name=f"index-job-{job.id[:8]}",
                                       daemon=True)
         with self._lock:

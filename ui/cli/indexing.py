@@ -13,7 +13,7 @@ from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collec
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
     from retrieval.index.store import refresh_index
-    from ui.context import open_for_indexing
+    from ui.context import ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
     settings = settings_from(args)
@@ -27,6 +27,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             include=args.include or settings.include,
             exclude=args.exclude or settings.exclude,
             retry_errors=args.retry_errors,
+            on_commit=ingest_hook(),
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
