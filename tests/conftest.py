@@ -45,9 +45,9 @@ def tiny_encoder(tiny_clip: tuple[Path, Path]):
     return load_encoder("local-dir:" + str(tiny_clip[0]), device="cpu")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture()
 def pg_database_url() -> str:
-    """A fresh database on the local PostgreSQL server, dropped after the session."""
+    """A fresh database of this test's own on the local PostgreSQL server, dropped after it."""
     sqlalchemy = pytest.importorskip("sqlalchemy")
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"photodex_test_{uuid.uuid4().hex[:10]}"

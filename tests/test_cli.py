@@ -148,7 +148,8 @@ def test_names_with_newlines_stay_on_one_line_in_text_output(tmp_path, tiny_clip
 
 
 def test_unchanged_library_does_not_load_the_encoder(tmp_path, tiny_clip):
-    folder, _ = tiny_clip
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_clip[0], folder)  # a private copy: this test deletes it
     lib, coll = tmp_path / "lib", tmp_path / "coll"
     make_library(lib, 3)
     first = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}",

@@ -177,7 +177,7 @@ def test_raw_byte_name_beside_its_escaped_twin(tmp_path, tiny_encoder, request, 
 
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
-    """An empty PostgreSQL database of its own (the session's ``pg_database_url`` is already migrated)."""
+    """An empty PostgreSQL database of its own, not yet migrated."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"photodex_test_{uuid.uuid4().hex[:10]}"
     try:

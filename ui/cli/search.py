@@ -66,6 +66,10 @@ def _run_search(args: argparse.Namespace, do: Callable[[Any, Any], list[Any]], t
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.rerank:
+        from .answer import cmd_rerank
+
+        return cmd_rerank(args)
     return _run_search(args, lambda s, o: s.search_text(args.text, o), text_only=True)
 
 
@@ -98,6 +102,9 @@ def register(sub: Subparsers) -> None:
     add_common(p)
     add_model_args(p)
     _search_args(p)
+    p.add_argument("--rerank", action="store_true", help="re-score the top --rerank-k results with the VLM")
+    p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
+    p.add_argument("--vlm", help="VLM Hub id or local folder (default: $PHOTODEX_VLM)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id")

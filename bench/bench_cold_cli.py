@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Cold-process wall time and peak RSS of everyday commands that should not load a model.
+
+Generates a library of ``--n`` small JPEGs, indexes it once with a random tiny CLIP saved as a
+``local-dir`` model (no download), then times fresh processes of:
+``photodex --help``, ``photodex info``, ``photodex index LIB`` with nothing to encode (must not load
+the encoder), and ``photodex search TEXT`` (fast text path; first run per query fills the cache, so
+each repeat uses a new query). Targets: --help and info < 0.5 s, unchanged re-check <= 1 s,
+search <= 1 s. Prints the median of ``--repeats`` runs.
+
+    python bench/bench_cold_cli.py --n 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import make_library, save_tiny_clip  # noqa: E402
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one fresh ``python -m ui.cli`` process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ui.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, _, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if proc.stderr.read() and proc.returncode not in (0, None):
+        raise SystemExit(f"{args} failed")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="photodex-cold-"))
+    model, _ = save_tiny_clip(root / "model")
+    make_library(root / "lib", args.n, size=(32, 24))
+    coll = str(root / "coll")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ui.cli", "index", str(root / "lib"), "--collection", coll,
+                    "--model", f"local-dir:{model}", "--workers", "1"], cwd=REPO, check=True,
+                   env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL)
+    print(f"indexed {args.n} photos in {time.perf_counter() - t0:.1f}s (tiny CLIP); {args.repeats} cold runs each:")
+    commands = {
+        "photodex --help": lambda i: ["--help"],
+        "photodex info": lambda i: ["info", "--collection", coll],
+        f"photodex index (unchanged, {args.n})": lambda i: ["index", str(root / "lib"), "--collection", coll],
+        "photodex search (new query)": lambda i: ["search", f"a photo of thing {i}", "--collection", coll],
+        "photodex search (cached query)": lambda i: ["search", "a photo of thing 0", "--collection", coll],
+    }
+    for name, argv in commands.items():
+        runs = [run(argv(i)) for i in range(args.repeats)]
+        wall = statistics.median(w for w, _ in runs)
+        rss = max(r for _, r in runs)
+        print(f"  {name:34s} median {wall:5.2f} s   peak RSS {rss:6.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

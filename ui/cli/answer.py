@@ -1,0 +1,200 @@
+"""``photodex ask``, ``photodex caption`` and ``photodex rerank``: the VLM answers about photos."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from indexer.errors import InputError
+from indexer.settings import Settings
+from ui.output import emit, printable
+
+from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
+
+STRATEGIES = ("auto", "joint", "per-photo")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = settings_from(args)
+    if getattr(args, "vlm", None):
+        settings = settings.model_copy(update={"vlm": args.vlm})
+    return settings
+
+
+def _vlm(settings: Settings) -> Any:
+    from answerer.vlm import shared_vlm
+
+    return shared_vlm(settings.vlm, settings.device, settings.precision)
+
+
+def _budget(settings: Settings) -> Any:
+    from answerer.budget import ImageBudget
+
+    return ImageBudget(settings.vlm_max_images, settings.vlm_max_image_side, settings.vlm_max_image_tokens)
+
+
+def _searcher(settings: Settings) -> tuple[Any, Any]:
+    from retrieval.search.searcher import Searcher
+    from ui.context import open_for_search
+
+    coll, encoder = open_for_search(settings, text_only=True)
+    return coll, Searcher(coll, encoder)
+
+
+def _ask_text(result: dict[str, Any], with_answer: bool = True) -> str:
+    lines = [result["answer"]] if with_answer else []
+    for c in result["citations"]:
+        lines.append(f"  [#{c['id']}] {printable(c['paths'][0]) if c['paths'] else '?'}")
+    if result["invented"]:
+        lines.append("note: ignored citations of photos the model was not shown: "
+                     + ", ".join(f"#{i}" for i in result["invented"]))
+    if result["dropped"]:
+        lines.append("not shown: " + ", ".join(f"#{d['id']} ({d['reason']})" for d in result["dropped"]))
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from answerer.rag import Answerer, AskOptions
+    from retrieval.search.filters import parse_filters
+
+    if not args.question.strip():
+        raise InputError("the question is empty")
+    settings = _settings(args)
+    options = AskOptions(
+        k=args.k, filters=parse_filters(args.filter or []),
+        strategy=args.strategy or settings.vlm_strategy,
+        min_relevance=settings.vlm_min_relevance if args.min_relevance is None else args.min_relevance,
+        max_new_tokens=args.max_new_tokens or settings.vlm_max_new_tokens,
+        budget=_budget(settings), query=args.query,
+    ).validate()  # before any model loads
+    coll, searcher = _searcher(settings)
+    with coll:
+        answerer = Answerer(searcher, _vlm(settings))
+        stream = args.stream and not args.json
+        if args.id is not None:
+            run: Any = answerer.ask_photo(args.id, args.question, options, stream=stream)
+        else:
+            run = answerer.ask_stream(args.question, options) if stream else answerer.ask(args.question, options)
+        if stream:
+            for chunk in run:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            result = run.result
+        else:
+            result = run
+    data = result.to_dict()
+    if stream:
+        tail = _ask_text(data, with_answer=False)
+        if tail:
+            sys.stdout.write(tail + "\n")
+    else:
+        emit(data, args.json, _ask_text)
+    return EXIT_OK
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from answerer.budget import shrink
+
+    if (args.image is None) == (args.id is None):
+        raise InputError("give either an IMAGE path or --id ID")
+    settings = _settings(args)
+    prompt = args.prompt or settings.vlm_caption_prompt
+    if args.image is not None:
+        from indexer.decode import decode_photo
+
+        if not os.path.isfile(args.image):
+            raise InputError(f"image not found (or not a regular file): {args.image}")
+        from indexer.decode import DecodeError
+
+        try:
+            img, _ = decode_photo(args.image, settings.vlm_max_image_side)
+        except DecodeError as exc:
+            raise InputError(f"cannot read image {args.image}: {exc}") from None
+        source: dict[str, Any] = {"path": args.image, "id": None}
+    else:
+        from answerer.rag import load_photo, photo_hit
+
+        coll, searcher = _searcher(settings)
+        with coll:
+            hit = photo_hit(searcher, args.id)
+        img = load_photo(hit, settings.vlm_max_image_side)
+        source = {"path": hit.paths[0], "id": hit.id}
+    vlm = _vlm(settings)
+    text = vlm.answer([shrink(img, settings.vlm_max_image_side)], prompt,
+                      max_new_tokens=args.max_new_tokens or settings.vlm_max_new_tokens, budget=_budget(settings))
+    emit({**source, "caption": text, "model": settings.vlm}, args.json, lambda d: d["caption"])
+    return EXIT_OK
+
+
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from answerer.rerank import rerank
+    from retrieval.search.filters import parse_filters
+    from retrieval.search.searcher import SearchOptions
+
+    settings = _settings(args)
+    options = SearchOptions(k=args.k, filters=parse_filters(args.filter or [])).validate()
+    if args.rerank_k < 1:
+        raise InputError(f"--rerank-k must be at least 1, got {args.rerank_k}")
+    template = getattr(args, "rerank_template", None) or settings.vlm_rerank_template
+    weight = getattr(args, "rerank_weight", 0.5)  # getattr: `photodex search --rerank` reuses this command
+    coll, searcher = _searcher(settings)
+    with coll:
+        hits = rerank(searcher, _vlm(settings), args.text, options, rerank_k=args.rerank_k,
+                      weight=weight, template=template, max_image_side=settings.vlm_max_image_side)
+    emit([h.to_dict() for h in hits], args.json, _rerank_text)
+    return EXIT_OK
+
+
+def _rerank_text(hits: list[dict[str, Any]]) -> str:
+    if not hits:
+        return "no results"
+    return "\n".join(f"{n:3d}. {h['score']:.4f}  (clip {h['clip_score']:.4f}, p_yes {h['p_yes']:.3f}, was "
+                     f"{h['clip_rank']})  #{h['id']}  {printable(h['paths'][0]) if h['paths'] else '?'}"
+                     for n, h in enumerate(hits, 1))
+
+
+def _vlm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vlm", help="VLM Hub id or local folder (default: $PHOTODEX_VLM)")
+    p.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: $PHOTODEX_VLM_MAX_NEW_TOKENS)")
+
+
+def register(sub: Subparsers) -> None:
+    """Register the answering commands."""
+    p = sub.add_parser("ask", help="answer a question from the photos (retrieval + VLM, with citations)")
+    p.add_argument("question")
+    p.add_argument("--id", type=int, help="ask about this one photo instead of retrieving")
+    p.add_argument("-k", type=int, default=5, help="photos to retrieve (default 5)")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="search filters, as for `photodex search`")
+    p.add_argument("--strategy", choices=STRATEGIES, help="joint (one multi-image prompt) or per-photo "
+                   "(default: $PHOTODEX_VLM_STRATEGY, auto = by model)")
+    p.add_argument("--min-relevance", type=float, help="CLIP score below which a photo counts as not relevant")
+    p.add_argument("--query", help="retrieval text (default: derived from the question)")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    _vlm_args(p)
+    add_common(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("caption", help="describe one image file or catalogued photo with the VLM")
+    p.add_argument("image", nargs="?", help="image file")
+    p.add_argument("--id", type=int, help="id of a photo in the collection")
+    p.add_argument("--prompt", help="instruction (default: $PHOTODEX_VLM_CAPTION_PROMPT)")
+    _vlm_args(p)
+    add_common(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("rerank", help="text search, re-ranked by the VLM's yes/no judgement of each candidate")
+    p.add_argument("text")
+    p.add_argument("-k", type=int, default=20, help="results to return (default 20)")
+    p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
+    p.add_argument("--rerank-weight", type=float, default=0.5, help="weight of P(yes) against CLIP, in [0, 1]")
+    p.add_argument("--rerank-template", help="question with {query} (default: $PHOTODEX_VLM_RERANK_TEMPLATE)")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE")
+    _vlm_args(p)
+    add_common(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_rerank)
