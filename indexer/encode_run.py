@@ -11,44 +11,27 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 from torch.utils.data import DataLoader, Dataset
 
-from .catalog_models import ERROR, INDEXED, PENDING, Embedding, Photo, PhotoFile
+from .catalog_models import ERROR, INDEXED, Embedding, Photo
 from .collection import Collection
 from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
 from .encoders import Encoder
+from .pending import BatchHook, EncodeReport, pending_count, pending_items  # noqa: F401 - re-exported
 from .progress import Progress
 from .vectors import encode_vector
 
 log = logging.getLogger(__name__)
 
 FACT_COLUMNS = [f.name for f in fields(PhotoFacts) if f.name != "extra"]
-
-
-@dataclass
-class EncodeReport:
-    encoded: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-
-    @property
-    def photos_per_second(self) -> float:
-        return (self.encoded + self.errors) / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["photos_per_second"] = round(self.photos_per_second, 2)
-        d["seconds"] = round(self.seconds, 3)
-        return d
 
 
 class PhotoDataset(Dataset):
@@ -84,31 +67,6 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, PhotoFacts | None, str 
     }
 
 
-def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
-    """(photo id, one readable path) for every photo still waiting for a vector."""
-    with coll.catalog.session() as s:
-        first_file = (
-            select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid"))
-            .where(PhotoFile.photo_id.is_not(None))
-            .group_by(PhotoFile.photo_id)
-            .subquery()
-        )
-        rows = s.execute(
-            select(Photo.id, PhotoFile.path_bytes)
-            .join(first_file, first_file.c.photo_id == Photo.id)
-            .join(PhotoFile, PhotoFile.id == first_file.c.fid)
-            .where(Photo.status == PENDING)
-            .order_by(Photo.id)
-        ).all()
-    return [(int(pid), bytes(path)) for pid, path in rows]
-
-
-def pending_count(coll: Collection) -> int:
-    """How many photos wait for a vector (one cheap query; no model needed)."""
-    with coll.catalog.session() as s:
-        return int(s.scalar(select(func.count()).select_from(Photo).where(Photo.status == PENDING)) or 0)
-
-
 def configure_decoding(max_image_pixels: int, _worker_id: int | None = None) -> None:
     """Per-process decoder set-up: the bomb limit and HEIC support (DataLoader ``worker_init_fn``)."""
     Image.MAX_IMAGE_PIXELS = max_image_pixels
@@ -130,11 +88,6 @@ def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: in
         persistent_workers=False,
         worker_init_fn=partial(configure_decoding, max_image_pixels) if workers > 0 else None,
     )
-
-
-BatchHook = Callable[[Session, np.ndarray, np.ndarray], Any]
-"""Called inside a batch's transaction with (session, photo ids, their vectors): its writes commit or
-roll back with the vectors (photodex uses it for moderation decisions at ingest)."""
 
 
 def _commit_batch(coll: Collection, batch: dict[str, Any], vectors: Any, on_commit: BatchHook | None = None) -> None:

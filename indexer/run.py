@@ -21,7 +21,8 @@ from .sync import SyncReport, sync_catalog
 from .writer_lock import WriterLock
 
 if TYPE_CHECKING:
-    from .encode_run import BatchHook, EncodeReport
+    from .distributed import RayOptions
+    from .pending import BatchHook, EncodeReport
     from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class RunOptions:
     retry_errors: bool = False
     wait: bool = False  # wait for another writer instead of refusing
     on_commit: "BatchHook | None" = None  # runs inside each batch's transaction (e.g. moderation decisions)
+    engine: str = "local"  # "local": decode workers + this process; "ray": Ray Data (indexer.distributed)
+    ray: "RayOptions | None" = None  # engine="ray" only: cluster address, actors, GPUs per actor
 
 
 @dataclass
@@ -59,6 +62,19 @@ def check_roots(roots: Sequence[str | os.PathLike[str]]) -> None:
         raise ConfigError(f"path not found: {', '.join(missing)}")
 
 
+def _check_engine(engine: str) -> None:
+    """Refuse an unknown engine, or the ray engine without Ray, before anything is scanned."""
+    if engine == "local":
+        return
+    if engine != "ray":
+        raise ConfigError(f"unknown indexing engine {engine!r}; use local or ray")
+    from .distributed import ray_available
+
+    ok, why = ray_available()
+    if not ok:
+        raise ConfigError(why)
+
+
 def index_paths(
     coll: Collection,
     encoder: "Encoder | Callable[[], Encoder]",
@@ -71,9 +87,10 @@ def index_paths(
 
     ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
     (refusing with :class:`~indexer.errors.WriterBusyError`, or waiting with ``options.wait``)."""
-    from .encode_run import EncodeReport, encode_pending, pending_count
+    from .pending import EncodeReport, pending_count
 
     options = options or RunOptions()
+    _check_engine(options.engine)
     if not callable(encoder) or hasattr(encoder, "spec"):
         coll.check_encoder(encoder.spec)  # type: ignore[union-attr]
     check_roots(roots)
@@ -85,10 +102,18 @@ def index_paths(
                             progress=progress)
         log.info("catalog sync: %s", sync.to_dict())
         encode, loaded = EncodeReport(), False
-        if pending_count(coll):
+        if pending_count(coll) and options.engine == "ray":
+            from .distributed import encode_pending_ray
+
+            loaded = True  # in the Ray actors; a loader given here is not called in the driver
+            encode = encode_pending_ray(coll, encoder, options.batch_size, options.max_image_pixels, progress,
+                                        on_commit=options.on_commit, options=options.ray)
+        elif pending_count(coll):
             enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
             coll.check_encoder(enc.spec)
             loaded = True
+            from .encode_run import encode_pending  # torch: only when there is something to encode
+
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
                                     progress, on_commit=options.on_commit)
         coll.touch()

@@ -424,6 +424,16 @@ def load_text_tower(folder: str | os.PathLike[str], spec_id: str,
     return TextTower(folder, meta, session, tokenizer)
 
 
+def text_tower_is_current(collection_path: str | os.PathLike[str], spec_id: str) -> bool:
+    """Whether the collection holds an intact export for ``spec_id`` (sidecar, sizes, checksums of
+    changed files) — without loading onnxruntime."""
+    try:
+        _check_export(text_tower_folder(collection_path), spec_id, "auto")
+        return True
+    except TextTowerError:
+        return False
+
+
 def try_load_text_tower(collection_path: str | os.PathLike[str], spec_id: str) -> TextTower | None:
     """The collection's text tower for ``spec_id``, or None when missing, stale, corrupt or unloadable."""
     folder = text_tower_folder(collection_path)

@@ -11,7 +11,7 @@ from indexer.errors import EncoderMismatchError
 from indexer.run import RunOptions, index_paths
 from retrieval.search.filters import FilterError, parse_filters
 from retrieval.search.query import QueryError
-from retrieval.search.searcher import SearchError, Searcher, SearchOptions
+from retrieval.search.searcher import Searcher, SearchOptions
 from tests.world.generate import CLASSES, class_prompt
 from tests.world_collection import build_world_collection
 

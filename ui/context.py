@@ -98,9 +98,9 @@ def export_text_tower(coll: Collection, encoder: "Encoder") -> str:
 
 
 def text_tower_ready(coll: Collection) -> bool:
-    from indexer.text_tower import try_load_text_tower
+    from indexer.text_tower import text_tower_is_current
 
-    return try_load_text_tower(coll.path, coll.spec.id) is not None
+    return text_tower_is_current(coll.path, coll.spec.id)
 
 
 def ingest_hook() -> Callable[..., Any]:

@@ -1,0 +1,63 @@
+"""What an index run has left to encode, and its report: no torch, so a run with nothing to do stays light."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .catalog_models import PENDING, Photo, PhotoFile
+from .collection import Collection
+
+
+@dataclass
+class EncodeReport:
+    encoded: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def photos_per_second(self) -> float:
+        return (self.encoded + self.errors) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["photos_per_second"] = round(self.photos_per_second, 2)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+BatchHook = Callable[[Session, np.ndarray, np.ndarray], Any]
+"""Called inside a batch's transaction with (session, photo ids, their vectors): its writes commit or
+roll back with the vectors (photodex uses it for moderation decisions at ingest)."""
+
+
+def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
+    """(photo id, one readable path) for every photo still waiting for a vector."""
+    with coll.catalog.session() as s:
+        first_file = (
+            select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid"))
+            .where(PhotoFile.photo_id.is_not(None))
+            .group_by(PhotoFile.photo_id)
+            .subquery()
+        )
+        rows = s.execute(
+            select(Photo.id, PhotoFile.path_bytes)
+            .join(first_file, first_file.c.photo_id == Photo.id)
+            .join(PhotoFile, PhotoFile.id == first_file.c.fid)
+            .where(Photo.status == PENDING)
+            .order_by(Photo.id)
+        ).all()
+    return [(int(pid), bytes(path)) for pid, path in rows]
+
+
+def pending_count(coll: Collection) -> int:
+    """How many photos wait for a vector (one cheap query; no model needed)."""
+    with coll.catalog.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Photo).where(Photo.status == PENDING)) or 0)
+
+
