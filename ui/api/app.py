@@ -24,7 +24,7 @@ from indexer.settings import Settings, get_settings
 from .errors import install_error_handlers
 from .jobs import Runner
 from .metrics import Metrics, MetricsMiddleware
-from .routers import classify, index_jobs, keys, photos, search, system
+from .routers import ask, classify, index_jobs, keys, moderation, photos, search, system
 from .runtime import EncoderLoader, open_runtime
 from .uploads import BodySizeLimit
 
@@ -34,9 +34,8 @@ API_PREFIX = "/api/v1"
 VERSION = "1.0.0"
 MULTIPART_OVERHEAD = 64 * 1024  # room for form fields and part headers around one upload
 
-# One module per domain, each with a ``router``. retrieval/moderation's router (moderation:
-# /moderate, /policies, /decisions) and the answerer's (/ask) are added to this tuple when they land.
-ROUTER_MODULES: tuple[ModuleType, ...] = (system, search, photos, classify, index_jobs, keys)
+# One module per domain, each with a ``router``.
+ROUTER_MODULES: tuple[ModuleType, ...] = (system, search, photos, classify, moderation, ask, index_jobs, keys)
 
 
 def create_app(settings: Settings | None = None, *, encoder_loader: EncoderLoader | None = None,

@@ -7,4 +7,6 @@ Modules:
     classify    zero-shot classification of an upload or a photo; tag counts
     index_jobs  start, follow and cancel index jobs (one writer at a time)
     keys        list API keys (admin)
+    moderation  moderate an upload or photo, policies, decisions, rescan (dry run first), calibration
+    ask         questions answered by the VLM over retrieved photos, JSON or text/event-stream
 """

@@ -1,0 +1,423 @@
+"""Moderation over HTTP: ``POST /moderate``, policies (``GET/POST /policies``, ``POST /policies/{name}/activate``),
+``GET /decisions``, ``POST /moderate/rescan`` (dry run by default) and ``POST /moderate/calibrate``.
+
+Each route only wires a service function of :mod:`retrieval.moderation` (the CLI calls the same
+ones). Reads need what every read route needs; storing a policy version, activating one, a real
+rescan and a calibration with ``write`` need a key of scope ``write``. A real rescan takes the
+collection's writer lock (409 ``writer_busy`` while an index job or ``photodex index`` holds it).
+
+Policy bodies are validated by the policy model itself (:class:`PolicyIn` narrows it for the
+API: ``templates`` is a built-in set name or a list of templates, never a file on the server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from sqlalchemy import select
+
+from indexer.catalog_models import ModerationPolicy
+from indexer.collection import Collection
+from indexer.errors import EncoderMismatchError, InputError
+from retrieval.classify.templates import list_template_sets
+from retrieval.moderation.calibrate import Examples, calibrate_concept
+from retrieval.moderation.history import list_decisions
+from retrieval.moderation.policy import MAX_CONCEPTS, Concept, Policy, parse_policy
+from retrieval.moderation.rescan import rescan
+from retrieval.moderation.service import moderate_bytes, moderate_ids
+from retrieval.moderation.store import PolicyRecord, activate_policy, get_policy, list_policies, save_policy
+
+from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, SettingsDep, WriteAccess, require_write
+from ..errors import ApiError, responses
+from ..uploads import read_upload
+from .search import _require_photo
+
+router = APIRouter(tags=["moderation"], dependencies=[ReadAccess])
+
+MAX_EXAMPLES = 100_000
+MAX_PAGE = 1000
+PhotoIdInt = Annotated[int, Field(ge=1, le=2**62)]
+PolicyName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Prompt = Annotated[str, StringConstraints(max_length=500)]
+Outcome = Literal["allow", "review", "flag", "quarantine", "block"]
+
+
+# ---- request models -----------------------------------------------------------------------------
+class ConceptIn(Concept):
+    """A moderated concept (see the policy file schema); ``templates`` is a built-in set or a list."""
+
+    prompts: list[Prompt] = Field(min_length=1, max_length=256)
+    contrast: list[Prompt] = Field(default_factory=list, max_length=256)
+    templates: str | list[Prompt] | None = Field(default=None, examples=["photos"])
+
+    @field_validator("templates")
+    @classmethod
+    def _builtin_set(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 256:
+            raise ValueError("at most 256 templates")
+        if isinstance(value, str) and value not in list_template_sets():  # a name only: never a server file
+            raise ValueError(f"unknown template set; built-in sets: {', '.join(list_template_sets())} "
+                             "(or give a list of templates with one {} each)")
+        return value
+
+
+class PolicyIn(Policy):
+    """A moderation policy to store as the next version of its name (the policy file's schema)."""
+
+    concepts: list[ConceptIn] = Field(min_length=1, max_length=MAX_CONCEPTS)  # type: ignore[assignment]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActivateRequest(_Request):
+    version: int = Field(ge=1, le=2**31)
+
+
+class RescanRequest(_Request):
+    """Which policy version to apply (default: the active one) and whether to write (``dry_run: false``)."""
+
+    policy: PolicyName | None = None
+    version: int | None = Field(default=None, ge=1, le=2**31)
+    dry_run: bool = Field(default=True, description="report what would change and write nothing (the default)")
+
+
+class CalibrateRequest(_Request):
+    """Labelled catalogued photos for one concept, and the target the threshold must reach."""
+
+    concept: str = Field(min_length=1, max_length=64)
+    positive_ids: list[PhotoIdInt] = Field(min_length=1, max_length=MAX_EXAMPLES,
+                                           description="photos that show the concept")
+    negative_ids: list[PhotoIdInt] = Field(min_length=1, max_length=MAX_EXAMPLES,
+                                           description="photos that do not show it")
+    target_precision: float | None = Field(default=None, gt=0.0, le=1.0)
+    target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
+    policy: PolicyName | None = Field(default=None, description="default: the active policy")
+    version: int | None = Field(default=None, ge=1, le=2**31, description="default: the newest of `policy`")
+    write: bool = Field(default=False, description="store the threshold and curve as a new policy version")
+    activate: bool = Field(default=False, description="with write: make the new version active")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CalibrateRequest:
+        if (self.target_precision is None) == (self.target_recall is None):
+            raise ValueError("give target_precision or target_recall (one of them)")
+        if self.activate and not self.write:
+            raise ValueError("activate goes with write")
+        return self
+
+
+# ---- response models ----------------------------------------------------------------------------
+class ConceptOut(BaseModel):
+    name: str
+    prompts: list[str]
+    templates: str | list[str] | None
+    contrast: list[str]
+    threshold: float
+    review_threshold: float | None
+    action: str
+    special_care: bool
+
+
+class PolicyOut(BaseModel):
+    name: str
+    description: str
+    concepts: list[ConceptOut]
+    special_care_adjustment: float
+    encoder: str | None
+
+
+class OperatingPointOut(BaseModel):
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    target: Literal["precision", "recall"]
+    target_value: float
+
+
+class PRCurveOut(BaseModel):
+    """The precision-recall curve (at most 200 points, thresholds descending)."""
+
+    thresholds: list[float]
+    precision: list[float]
+    recall: list[float]
+    positives: int
+    negatives: int
+    average_precision: float
+
+
+class CalibrationSummaryOut(BaseModel):
+    point: OperatingPointOut
+    calibrated_on_version: int
+    created_at: str
+
+
+class CalibrationEntryOut(CalibrationSummaryOut):
+    curve: PRCurveOut
+
+
+class PolicyVersionOut(BaseModel):
+    """One stored policy version; ``calibration`` has each calibrated concept's point (and curve if asked)."""
+
+    id: int
+    name: str
+    version: int
+    active: bool
+    encoder: str
+    created_at: str
+    note: str | None
+    policy: PolicyOut
+    calibration: dict[str, CalibrationEntryOut | CalibrationSummaryOut]
+
+
+class ConceptScoreOut(BaseModel):
+    name: str
+    score: float
+    threshold: float = Field(description="effective threshold (after the special-care adjustment)")
+    review_threshold: float | None
+    margin: float = Field(description="score - threshold: >= 0 is a hit")
+    level: Literal["hit", "review", "none"]
+    action: str
+
+
+class ModerationDecisionOut(BaseModel):
+    """The decision for one image: the outcome, every concept's result and the policy version."""
+
+    source: str = Field(description="'upload' or 'id:<photo id>'")
+    action: Outcome
+    concepts: list[ConceptScoreOut]
+    policy: str
+    version: int | None
+    adjusted: bool = Field(description="the special-care adjustment applied")
+    photo_id: int | None
+    error: str | None = None
+    hits: list[str]
+
+
+class StoredDecisionOut(BaseModel):
+    """A stored decision (history row) and the policy version that made it."""
+
+    id: int
+    photo_id: int
+    action: Outcome
+    hits: list[str]
+    review: list[str]
+    adjusted: bool
+    scores: dict[str, float]
+    policy: str
+    version: int
+    run_id: int | None
+    created_at: str
+    current: bool
+    history: list[StoredDecisionOut] = Field(default_factory=list, description="with history=true, oldest first")
+
+
+class DecisionPage(BaseModel):
+    offset: int
+    limit: int
+    count: int
+    results: list[StoredDecisionOut]
+
+
+class ConceptCountsOut(BaseModel):
+    hit: int
+    review: int
+
+
+class RescanReportOut(BaseModel):
+    """What a re-evaluation found (dry run) or did (real run)."""
+
+    policy: str
+    version: int
+    dry_run: bool
+    photos: int
+    changed: int
+    by_action: dict[str, int] = Field(description="every photo's new outcome")
+    by_concept: dict[str, ConceptCountsOut]
+    changes: dict[str, int] = Field(description="'allow -> quarantine': count, for changing photos")
+    changed_by_concept: dict[str, int]
+    examples: dict[str, list[int]] = Field(description="a few photo ids per change and concept")
+    run_id: int | None
+    seconds: float
+
+
+class CalibrationOut(BaseModel):
+    """The concept's curve on the labelled photos, the chosen point and the new version (if written)."""
+
+    concept: str
+    policy: str
+    version: int = Field(description="the policy version the scores were computed with")
+    point: OperatingPointOut
+    curve: PRCurveOut
+    written_version: int | None
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+@contextmanager
+def _same_encoder() -> Iterator[None]:
+    """A policy stored or written for another encoder is the client's mistake: 422, not 500."""
+    try:
+        yield
+    except EncoderMismatchError as exc:
+        raise ApiError(422, "encoder_mismatch", str(exc)) from None
+
+
+def _record(coll: Collection, name: str | None, version: int | None) -> PolicyRecord:
+    """The active policy (no name), the newest version of ``name``, or ``name`` at ``version``; 404 if none."""
+    if name is None and version is not None:
+        raise InputError("a policy version needs the policy name")
+    stmt = select(ModerationPolicy.id)
+    if name is None:
+        stmt = stmt.where(ModerationPolicy.active.is_(True))
+    else:
+        stmt = stmt.where(ModerationPolicy.name == name)
+        if version is not None:
+            stmt = stmt.where(ModerationPolicy.version == version)
+    with coll.catalog.session() as s:
+        found = s.scalar(stmt.limit(1))
+    if found is None:
+        if name is None:
+            raise ApiError(404, "no_active_policy", "no active moderation policy: store one with "
+                           "POST /policies?activate=true, or name one with `policy`")
+        raise ApiError(404, "not_found", f"policy {name!r}" + (f" version {version}" if version else "")
+                       + " not found")
+    return get_policy(coll, name, version)
+
+
+def _version_out(record: PolicyRecord, curves: bool = False) -> PolicyVersionOut:
+    return PolicyVersionOut.model_validate(record.to_dict(curves=curves))
+
+
+# ---- routes -------------------------------------------------------------------------------------
+@router.post("/moderate", response_model=ModerationDecisionOut, summary="Moderate",
+             responses=responses(401, 403, 404, 413, 415, 422))
+def moderate(
+    runtime: RuntimeDep,
+    file: Annotated[UploadFile | None, File(description="an image to check (or give photo_id)")] = None,
+    photo_id: Annotated[int | None, Form(ge=1, le=2**62, description="a catalogued photo (or upload a file)")] = None,
+    policy: Annotated[str | None, Form(min_length=1, max_length=64, description="default: the active policy")] = None,
+    version: Annotated[int | None, Form(ge=1, le=2**31, description="default: the newest of `policy`")] = None,
+) -> ModerationDecisionOut:
+    """Every concept's score, threshold, margin and level, and the resulting action; nothing is stored."""
+    if (file is None) == (photo_id is None):
+        raise InputError("give either a file or a photo_id")
+    coll = runtime.collection
+    record = _record(coll, policy, version)
+    with _same_encoder():
+        if photo_id is not None:
+            _require_photo(runtime, photo_id)
+            decision = moderate_ids(coll, record, [photo_id])[0]
+        else:
+            assert file is not None
+            s = runtime.settings
+            data = read_upload(file, s.api_max_upload_bytes, s.api_max_upload_pixels)
+            decision = moderate_bytes(record, runtime.encoder, data)  # type: ignore[arg-type]
+    return ModerationDecisionOut.model_validate(decision.to_dict())
+
+
+@router.get("/policies", response_model=list[PolicyVersionOut], summary="List policy versions",
+            responses=responses(401, 403, 422))
+def policies(
+    runtime: RuntimeDep,
+    name: Annotated[str | None, Query(min_length=1, max_length=64, description="only this policy's versions")] = None,
+    curves: Annotated[bool, Query(description="include stored calibration curves")] = False,
+) -> list[PolicyVersionOut]:
+    """Every stored policy version, by name then version (``active`` marks the one in force)."""
+    return [_version_out(r, curves) for r in list_policies(runtime.collection) if name is None or r.name == name]
+
+
+@router.post("/policies", response_model=PolicyVersionOut, status_code=201, summary="Store a policy version",
+             dependencies=[WriteAccess],
+             responses=responses(400, 401, 403, 413, 422))
+def create_policy(
+    body: PolicyIn,
+    runtime: RuntimeDep,
+    activate: Annotated[bool, Query(description="make the new version the active policy")] = False,
+) -> PolicyVersionOut:
+    """Store a policy as the next version of its name (never overwrites); its prompt vectors are computed now."""
+    coll = runtime.collection
+    if body.encoder is not None and body.encoder != coll.spec.id:
+        raise ApiError(422, "encoder_mismatch", f"the policy was written for encoder {body.encoder!r}; this "
+                       f"collection uses {coll.spec.id!r}: calibrate it for this encoder (or drop its 'encoder' field)")
+    policy = parse_policy(body.model_dump(), f"{body.name!r}")  # the plain policy model the store keeps
+    with _same_encoder():
+        record = save_policy(coll, policy, runtime.encoder, activate=activate)  # type: ignore[arg-type]
+    return _version_out(record)
+
+
+@router.post("/policies/{name}/activate", response_model=PolicyVersionOut, summary="Activate a policy version",
+             dependencies=[WriteAccess],
+             responses=responses(400, 401, 403, 404, 422))
+def activate(
+    runtime: RuntimeDep,
+    name: Annotated[str, Path(min_length=1, max_length=64, description="policy name")],
+    body: ActivateRequest | None = None,
+    version: Annotated[int | None, Query(ge=1, le=2**31, description="or in the body")] = None,
+) -> PolicyVersionOut:
+    """Make ``name`` at ``version`` the one active policy (the version in the body or the query)."""
+    if body is not None and version is not None and body.version != version:
+        raise InputError(f"version {body.version} in the body and {version} in the query differ")
+    chosen = body.version if body is not None else version
+    if chosen is None:
+        raise InputError("give the version to activate (body {\"version\": N} or ?version=N)")
+    coll = runtime.collection
+    _record(coll, name, chosen)  # 404 for an unknown name or version
+    with _same_encoder():
+        return _version_out(activate_policy(coll, name, chosen))
+
+
+@router.get("/decisions", response_model=DecisionPage, summary="List decisions", responses=responses(401, 403, 422))
+def decisions(
+    runtime: RuntimeDep,
+    action: Annotated[Outcome | None, Query(description="only photos whose current decision is this")] = None,
+    photo_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    history: Annotated[bool, Query(description="add each photo's earlier decisions")] = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> DecisionPage:
+    """Current stored decisions by photo id, with the policy version that made each."""
+    rows = list_decisions(runtime.collection, photo_id=photo_id, action=action, history=history,
+                          limit=offset + limit)[offset:]
+    return DecisionPage(offset=offset, limit=limit, count=len(rows),
+                        results=[StoredDecisionOut.model_validate(r.to_dict()) for r in rows])
+
+
+@router.post("/moderate/rescan", response_model=RescanReportOut, summary="Rescan the collection",
+             responses=responses(400, 401, 403, 404, 409, 422))
+def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep,
+                      body: RescanRequest | None = None) -> RescanReportOut:
+    """Apply a policy version to every stored vector. A dry run (the default) reports what would change and
+    writes nothing; a real run (``dry_run: false``, write scope) stores the decisions that change."""
+    body = body or RescanRequest()
+    if not body.dry_run:
+        require_write(runtime, settings, key)
+    coll = runtime.collection
+    record = _record(coll, body.policy, body.version)
+    with _same_encoder():
+        report = rescan(coll, record, dry_run=body.dry_run)  # a real run: WriterBusyError → 409
+    return RescanReportOut.model_validate(report.to_dict())
+
+
+@router.post("/moderate/calibrate", response_model=CalibrationOut, summary="Calibrate a concept",
+             responses=responses(400, 401, 403, 404, 422))
+def calibrate(body: CalibrateRequest, runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> CalibrationOut:
+    """A concept's precision-recall curve on labelled catalogued photos and the threshold reaching the target;
+    with ``write`` (write scope), stored as a new policy version."""
+    if body.write:
+        require_write(runtime, settings, key)
+    coll = runtime.collection
+    record = _record(coll, body.policy, body.version)
+    with _same_encoder():
+        result = calibrate_concept(coll, record, body.concept, Examples(ids=list(body.positive_ids)),
+                                   Examples(ids=list(body.negative_ids)), target_precision=body.target_precision,
+                                   target_recall=body.target_recall, write=body.write, activate=body.activate)
+    return CalibrationOut.model_validate(result.to_dict())
