@@ -228,7 +228,14 @@ def open_index(coll: Collection) -> SearchableIndex:
         ids = coll.vector_ids()
         have = base.ids if base is not None else np.zeros(0, np.int64)
         new_ids, gone = np.setdiff1d(ids, have), np.setdiff1d(have, ids)
-        delta_ids, delta_vecs = coll.load_vectors(new_ids) if len(new_ids) else (new_ids, np.zeros((0, coll.dim), np.float32))
+        known_ids, known_vecs = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32)
+        if hit and hit[1].base is base and len(hit[1].delta_ids):  # keep the delta already read
+            keep = np.isin(hit[1].delta_ids, new_ids)
+            known_ids, known_vecs = hit[1].delta_ids[keep], hit[1].delta_vecs[keep]
+        to_read = np.setdiff1d(new_ids, known_ids)
+        read_ids, read_vecs = coll.load_vectors(to_read) if len(to_read) else (to_read, known_vecs[:0])
+        delta_ids = np.concatenate([known_ids, read_ids])
+        delta_vecs = np.concatenate([known_vecs, read_vecs])
         if len(delta_ids):
             log.info("searching %d vectors committed after the index file exactly", len(delta_ids))
     view = SearchableIndex(coll.dim, base, delta_ids, delta_vecs, gone, generation)
