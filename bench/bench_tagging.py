@@ -84,7 +84,7 @@ def bench_interleaved(args: argparse.Namespace, weights: np.ndarray) -> dict[str
 def profile_stages(args: argparse.Namespace, weights: np.ndarray) -> None:
     """Time each stage (and rejected alternatives) of classify_vectors on one chunk, best of 3.
 
-    classify_vectors = norm check + np.matmul + top_k (np.argpartition) + softmax (NumPy, into a buffer).
+    classify_vectors = norm check + np.matmul + torch.amax + in-place sub_/exp_ + torch.topk + sum.
     """
     rng = np.random.default_rng(args.seed + 2)
     x_np = random_unit(rng, min(args.chunk, args.n), args.dim)
@@ -115,6 +115,9 @@ def profile_stages(args: argparse.Namespace, weights: np.ndarray) -> None:
         "sub_/exp_/sum": lambda: scratch.copy_(logits).sub_(logits[:, :1]).exp_().sum(dim=1),
         "  (copy only)": lambda: scratch.copy_(logits),
         "torch.logsumexp": lambda: torch.logsumexp(logits, dim=1, keepdim=True),
+        "torch.amax": lambda: torch.amax(logits, dim=1, keepdim=True),
+        "private fused softmax.out (dropped)": lambda: torch.ops.aten._softmax.out(logits, 1, False, out=scratch),
+        "exp_ in place": lambda: scratch.copy_(logits).exp_(),
         "np.argpartition": lambda: np.argpartition(-logits.numpy(), k - 1, axis=1)[:, :k],
     }
     print(f"stage times for one chunk of {len(x_np)} rows:")
