@@ -1,8 +1,9 @@
-"""Every way in: the command line and the HTTP API (the web UI follows).
+"""Every way in: the command line, the HTTP API and the web UI (which talks to the API only).
 
 Packages and modules:
     cli       the photodex command line
     api       the FastAPI service (photodex serve)
+    web       the Streamlit app (photodex ui)
     context   settings → encoder → collection wiring shared by the CLI and the API
     output    JSON/text output and escaping of names for one-line display
     progress  tqdm progress bars for long runs

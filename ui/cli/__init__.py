@@ -6,6 +6,10 @@ Modules:
     indexing  index, reindex, info
     search    search, similar
     classify  classify, tags, eval zeroshot
+    moderation  policy, moderate, calibrate, decisions
+    answer    ask, caption, rerank
+    serve     serve (the API), apikey
+    web       ui (the Streamlit app)
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from indexer.errors import PhotodexError
 
-from . import answer, classify, indexing, moderation, search, serve
+from . import answer, classify, indexing, moderation, search, serve, web
 from .common import EXIT_USAGE
 
-COMMAND_MODULES = (indexing, search, classify, moderation, serve, answer)
+COMMAND_MODULES = (indexing, search, classify, moderation, serve, answer, web)
 
 
 def build_parser() -> argparse.ArgumentParser:
