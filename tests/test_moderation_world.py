@@ -484,3 +484,21 @@ def test_index_run_decides_new_photos_with_the_active_policy(coll, world, truth,
     assert len(new_ids) == 24 and new_ids <= set(_state(coll))  # every new photo was decided at ingest
     assert _counts(coll)["moderation_decisions"] == before + 24
     assert rescan(coll, get_policy(coll), dry_run=True).changed == 0  # exactly what a rescan would decide
+
+
+def test_threshold_preview_equals_storing_that_version_and_writes_nothing(coll, world, truth):
+    save_policy(coll, parse_policy(skull_policy(0.9, review=0.85)), world.encoder, activate=True)
+    active = get_policy(coll)
+    before = _counts(coll)
+    moved = float(np.quantile(truth[3], 0.9))
+    preview = rescan(coll, active, dry_run=True, thresholds={UNSAFE_CONCEPT: moved})
+    assert _counts(coll) == before  # nothing stored: no version, no decision, no run
+    stored = save_policy(coll, parse_policy(skull_policy(moved, review=moved - 0.05)), world.encoder)
+    assert rescan(coll, stored, dry_run=True).by_concept == preview.by_concept
+    assert preview.by_concept[UNSAFE_CONCEPT]["hit"] == int((truth[3] >= moved).sum())
+    with pytest.raises(InputError, match="only preview"):
+        rescan(coll, active, thresholds={UNSAFE_CONCEPT: moved})
+    with pytest.raises(InputError, match="no concept"):
+        rescan(coll, active, dry_run=True, thresholds={"unicorn": 0.5})
+    with pytest.raises(InputError, match="between -1 and 1"):
+        rescan(coll, active, dry_run=True, thresholds={UNSAFE_CONCEPT: 7.0})

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from indexer.catalog_models import Embedding, ModerationPolicy, ModerationRun, ModerationState
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError
+from indexer.errors import EncoderMismatchError, InputError
 from indexer.vectors import decode_vectors
 from indexer.writer_lock import WriterLock
 
@@ -128,14 +128,41 @@ def _concat(parts: list[DecisionArrays], n_concepts: int) -> DecisionArrays:
                             for f in ("scores", "levels", "outcome", "adjusted")))
 
 
+def with_thresholds(record: PolicyRecord, thresholds: dict[str, float]) -> PolicyRecord:
+    """``record`` with some concepts' thresholds moved (each review band keeps its width): what a
+    threshold slider previews. Unknown concepts or out-of-range values are an InputError."""
+    unknown = sorted(set(thresholds) - set(record.policy.concept_names))
+    if unknown:
+        raise InputError(f"policy {record.name} has no concept {', '.join(map(repr, unknown))}")
+    concepts = []
+    for c in record.policy.concepts:
+        if c.name not in thresholds:
+            concepts.append(c)
+            continue
+        new = float(thresholds[c.name])
+        if not -1.0 <= new <= 1.0:
+            raise InputError(f"threshold for {c.name!r} must be between -1 and 1, got {new}")
+        review = None if c.review_threshold is None else max(-1.0, new - (c.threshold - c.review_threshold))
+        concepts.append(c.model_copy(update={"threshold": new, "review_threshold": review}))
+    return replace(record, policy=record.policy.model_copy(update={"concepts": concepts}))
+
+
 def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chunk: int = 65536,
-           examples: int = 5, lock: WriterLock | None = None, wait: bool = False) -> RescanReport:
+           examples: int = 5, lock: WriterLock | None = None, wait: bool = False,
+           thresholds: dict[str, float] | None = None) -> RescanReport:
     """Apply ``record`` to every stored vector; see the module docstring.
+
+    ``thresholds`` (dry runs only) previews the version with those concepts' thresholds moved,
+    without storing anything: store a new version to apply them.
 
     ``lock``: a writer lock the caller already holds; otherwise a real run takes one (refusing
     with :class:`~indexer.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
     """
     start = time.perf_counter()
+    if thresholds:
+        if not dry_run:
+            raise InputError("threshold overrides only preview (dry run); store a new policy version to apply them")
+        record = with_thresholds(record, thresholds)
     compiled = record.compiled()
     if compiled.dim != coll.dim or record.encoder != coll.spec.id:
         raise EncoderMismatchError(f"policy {record.name} version {record.version} was stored for encoder "

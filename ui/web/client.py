@@ -308,10 +308,13 @@ class PhotodexClient:
             params["photo_id"] = int(photo_id)
         return self._json(DecisionPage, "GET", "/decisions", params=params)
 
-    def rescan(self, policy: str | None = None, version: int | None = None, dry_run: bool = True) -> RescanReport:
-        """``POST /moderate/rescan``: what applying a policy version would change (``dry_run``) or apply it
-        (``dry_run=False``, write key)."""
+    def rescan(self, policy: str | None = None, version: int | None = None, dry_run: bool = True,
+               thresholds: dict[str, float] | None = None) -> RescanReport:
+        """``POST /moderate/rescan``: what applying a policy version would change (``dry_run``, optionally with
+        ``thresholds`` moved, nothing stored) or apply it (``dry_run=False``, write key)."""
         body: dict[str, Any] = {"dry_run": dry_run}
+        if thresholds:
+            body["thresholds"] = thresholds
         if policy is not None:
             body["policy"] = policy
         if version is not None:

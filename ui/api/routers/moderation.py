@@ -85,6 +85,9 @@ class RescanRequest(_Request):
     policy: PolicyName | None = None
     version: int | None = Field(default=None, ge=1, le=2**31)
     dry_run: bool = Field(default=True, description="report what would change and write nothing (the default)")
+    thresholds: dict[str, float] | None = Field(
+        default=None, max_length=64,
+        description="dry runs only: preview with these concepts' thresholds moved (review bands keep their width)")
 
 
 class CalibrateRequest(_Request):
@@ -403,7 +406,7 @@ def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep
     coll = runtime.collection
     record = _record(coll, body.policy, body.version)
     with _same_encoder():
-        report = rescan(coll, record, dry_run=body.dry_run)  # a real run: WriterBusyError → 409
+        report = rescan(coll, record, dry_run=body.dry_run, thresholds=body.thresholds)  # real run: busy → 409
     return RescanReportOut.model_validate(report.to_dict())
 
 

@@ -18,7 +18,6 @@ from ..logic import curve_at, parse_labels, threshold_range, with_threshold
 from ..models import PolicyVersion, PRCurve, RescanReport
 from ..widgets import id_grid, show_error, unavailable
 
-PREVIEWS = "moderation_previews"  # (policy, base version, concept, threshold) → stored preview version
 EXAMPLES = 5
 OUTCOMES = ("allow", "review", "flag", "quarantine", "block")
 
@@ -80,37 +79,26 @@ def _thresholds(versions: list[PolicyVersion]) -> tuple[PolicyVersion, str]:
     moved = abs(threshold - c.threshold) > 1e-9
     try:
         base = _dry_run(record.name, record.version)
-        target = _preview_version(record, concept, threshold) if moved else record.version
-        report = base if target == record.version else _dry_run(record.name, target)
+        report = _dry_run(record.name, record.version, concept, threshold) if moved else base
     except ApiError as exc:
-        if exc.status in (401, 403) and moved:
-            st.info("Previewing another threshold stores it as a new, inactive policy version: enter an API key "
-                    "of scope write in the sidebar.")
-        else:
-            show_error(exc, "dry run")
+        show_error(exc, "dry run")
         return record, concept
     _report(report, base, concept, moved)
-    _apply(record, target, report)
+    _apply(record, concept, threshold if moved else None, report)
     return record, concept
 
 
-def _preview_version(record: PolicyVersion, concept: str, threshold: float) -> int:
-    """The stored (inactive) version of ``record`` with ``concept`` at ``threshold`` (stored once per value)."""
-    previews: dict[tuple[str, int, str, float], int] = st.session_state.setdefault(PREVIEWS, {})
-    key = (record.name, record.version, concept, round(threshold, 6))
-    if key not in previews:
-        body = with_threshold(record.policy.model_dump(), concept, threshold)
-        previews[key] = session.client().create_policy(body, activate=False).version
-    return previews[key]
-
-
 @st.cache_data(show_spinner="Dry run…", ttl=30, max_entries=64)
-def _dry_run_cached(url: str, key: str | None, policy: str, version: int, epoch: int) -> RescanReport:
-    return session.client_for(url, key).rescan(policy, version, dry_run=True)
+def _dry_run_cached(url: str, key: str | None, policy: str, version: int, epoch: int,
+                    concept: str | None, threshold: float | None) -> RescanReport:
+    moved = {concept: threshold} if concept is not None and threshold is not None else None
+    return session.client_for(url, key).rescan(policy, version, dry_run=True, thresholds=moved)
 
 
-def _dry_run(policy: str, version: int) -> RescanReport:
-    return _dry_run_cached(session.api_url(), session.api_key(), policy, version, st.session_state.get("m_epoch", 0))
+def _dry_run(policy: str, version: int, concept: str | None = None, threshold: float | None = None) -> RescanReport:
+    """What applying the version would change; with ``concept``/``threshold`` moved, still writing nothing."""
+    return _dry_run_cached(session.api_url(), session.api_key(), policy, version, st.session_state.get("m_epoch", 0),
+                           concept, None if threshold is None else round(threshold, 6))
 
 
 def _report(report: RescanReport, base: RescanReport, concept: str, moved: bool) -> None:
@@ -135,13 +123,20 @@ def _report(report: RescanReport, base: RescanReport, concept: str, moved: bool)
             id_grid(ids[:EXAMPLES], columns=EXAMPLES)
 
 
-def _apply(record: PolicyVersion, version: int, report: RescanReport) -> None:
-    label = (f"Apply: activate {record.name} v{version} and re-decide {report.changed} photos" if report.changed
-             else f"Activate {record.name} v{version}")
-    if not st.button(label, type="primary", key=f"m_apply_{record.name}_{version}"):
+def _apply(record: PolicyVersion, concept: str, threshold: float | None, report: RescanReport) -> None:
+    """Store the moved threshold as a new version (only now), activate it and re-decide the library."""
+    what = f"{record.name} with {concept} at {threshold:.3f}" if threshold is not None else \
+        f"{record.name} v{record.version}"
+    label = (f"Apply: activate {what} and re-decide {report.changed} photos" if report.changed
+             else f"Activate {what}")
+    if not st.button(label, type="primary", key=f"m_apply_{record.name}_{record.version}_{concept}"):
         return
     client = session.client()
     try:
+        version = record.version
+        if threshold is not None:
+            body = with_threshold(record.policy.model_dump(), concept, threshold)
+            version = client.create_policy(body, activate=False).version
         client.activate_policy(record.name, version)
         done = client.rescan(record.name, version, dry_run=False)
     except ApiError as exc:
