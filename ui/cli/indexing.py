@@ -28,6 +28,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             exclude=args.exclude or settings.exclude,
             retry_errors=args.retry_errors,
             on_commit=ingest_hook(),
+            engine=args.engine,
+            ray=_ray_options(args, settings) if args.engine == "ray" else None,
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
@@ -39,6 +41,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         data["text_tower"] = _ensure_text_tower(coll, load, loaded=summary.encoder_loaded)
     emit(data, args.json, _index_text)
     return EXIT_OK
+
+
+def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
+    from indexer.distributed import RayOptions
+
+    return RayOptions(address=args.ray_address, actors=args.ray_actors, gpus_per_worker=args.gpus_per_worker,
+                      gpu_decode={"auto": None, "on": True, "off": False}[args.gpu_decode],
+                      device=settings.device, precision=settings.precision).validate()
 
 
 def _ensure_text_tower(coll: Any, load: Any, loaded: bool) -> str:
@@ -106,6 +116,14 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--exclude", action="append", help="glob of files/folders to exclude (repeatable)")
     p.add_argument("--retry-errors", action="store_true", help="try photos that failed before again")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    g = p.add_argument_group("engine", "where decoding and encoding run (the catalog is always written here)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: decode workers + this process; ray: Ray Data tasks and actors (photodex[ray])")
+    g.add_argument("--ray-address", help="Ray cluster to use (default: $RAY_ADDRESS, else a local one for the run)")
+    g.add_argument("--ray-actors", type=int, help="encode actors (default: one per GPU share, else as many as hosts)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (0: CPU actors)")
+    g.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
+                   help="decode JPEGs with nvJPEG in the encode actors (auto: when they have GPUs)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)")
