@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.scoring import TopK, l2_normalize, softmax, top_k
+from retrieval.scoring import TopK, l2_normalize, softmax
 
 
 def _as_2d_float32(x: np.ndarray, name: str) -> np.ndarray:

@@ -38,7 +38,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             progress.close()
         data = summary.to_dict()
         data["index"] = refresh_index(coll)
-        data["text_tower"] = _ensure_text_tower(coll, load, loaded=summary.encoder_loaded)
+        data["text_tower"] = _ensure_text_tower(coll, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
 
@@ -51,7 +51,7 @@ def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
                       device=settings.device, precision=settings.precision).validate()
 
 
-def _ensure_text_tower(coll: Any, load: Any, loaded: bool) -> str:
+def _ensure_text_tower(coll: Any, load: Any) -> str:
     """Export the fast text path once per encoder (the writer's job; loads the model only if missing)."""
     from ui.context import export_text_tower, text_tower_ready
 
