@@ -223,3 +223,25 @@ def _encoder_for(tiny_clip):
     from indexer.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(tiny_clip[0]), device="cpu")
+
+
+def test_a_new_index_version_loads_in_the_background_while_searches_stay_complete(indexed, tiny_encoder):
+    coll_dir, lib = indexed
+    with Collection.open(coll_dir) as coll:
+        first = open_index(coll)
+        assert first.base is not None and first.exact_rows == 0
+        make_library(lib, 5, start=700)
+        index_paths(coll, tiny_encoder, [lib], OPTS)
+        refresh_index(coll)  # the writer switches to a new version (35 vectors)
+        interim = open_index(coll)  # returns at once: the old version + an exact scan of the 5 new vectors
+        q = _queries(coll)
+        truth = _exact(coll, q)[1]
+        if interim.base is first.base:
+            assert interim.exact_rows == 5 and len(interim) == 35
+        np.testing.assert_array_equal(interim.search(q, K)[1], truth)
+        deadline = time.monotonic() + 30
+        while (view := open_index(coll)).base is first.base:
+            assert time.monotonic() < deadline, "the new version never arrived"
+            time.sleep(0.05)
+        assert view.exact_rows == 0 and len(view.base) == 35
+        np.testing.assert_array_equal(view.search(q, K)[1], truth)

@@ -191,13 +191,52 @@ class SearchableIndex:
 
 
 _cache: dict[str, tuple[tuple, SearchableIndex]] = {}
+_loaded: dict[str, tuple[str, VectorIndex | None]] = {}  # key -> (file name, index loaded in the background)
+_loading: set[str] = set()
 _cache_lock = threading.Lock()
+
+
+def _load_base(coll: Collection, index_file: Path) -> VectorIndex | None:
+    """Load and verify an index file; None (logged) when it is unusable."""
+    try:
+        base = VectorIndex.load(index_file, mmap=True, vectors_lookup=_lookup(coll))
+    except (IndexFileError, OSError) as exc:
+        log.warning("index file unusable (%s): searching every stored vector exactly until "
+                    "`photodex reindex` or the next index run rebuilds it", exc)
+        return None
+    use_gpu, why = gpu_available()
+    if use_gpu:
+        base.to_gpu()
+    log.info("search index %s: %s", base.spec.factory, "GPU" if use_gpu else f"CPU ({why})")
+    return base
+
+
+def _load_in_background(key: str, coll: Collection, index_file: Path) -> None:
+    """Load a new index version off the search path; the next ``open_index`` swaps it in."""
+    with _cache_lock:
+        if key in _loading:
+            return
+        _loading.add(key)
+
+    def work() -> None:
+        try:
+            base = _load_base(coll, index_file)
+            with _cache_lock:
+                _loaded[key] = (index_file.name, base)
+        finally:
+            with _cache_lock:
+                _loading.discard(key)
+
+    threading.Thread(target=work, name="photodex-index-load", daemon=True).start()
 
 
 def open_index(coll: Collection) -> SearchableIndex:
     """A complete searchable view of ``coll``; never builds, never waits, writes nothing.
 
-    Cached per process by (index file, catalog generation)."""
+    Cached per process by (index file, catalog generation). When the writer switches to a new
+    index version, a process that already searches keeps using the version it has (plus an exact
+    scan of what it lacks) while the new one loads in a background thread, so no search pays
+    for loading and verifying it."""
     generation = coll.catalog.generation()
     state = index_state(coll)
     index_file = current_index_file(coll, state)
@@ -205,24 +244,25 @@ def open_index(coll: Collection) -> SearchableIndex:
     ident = (index_file.name if index_file else None, generation)
     with _cache_lock:
         hit = _cache.get(key)
+        ready = _loaded.get(key)
     if hit and hit[0] == ident:
         return hit[1]
     base: VectorIndex | None = None
+    base_name: str | None = None
     if hit and hit[0][0] == ident[0] and hit[1].base is not None:
-        base = hit[1].base  # same file, newer catalog: reuse the loaded index
+        base, base_name = hit[1].base, ident[0]  # same file, newer catalog: reuse the loaded index
+    elif index_file is not None and ready is not None and ready[0] == index_file.name:
+        base, base_name = ready[1], ready[0]  # the new version, loaded in the background
+        with _cache_lock:
+            _loaded.pop(key, None)
+    elif index_file is not None and hit and hit[1].base is not None:
+        _load_in_background(key, coll, index_file)
+        base, base_name = hit[1].base, hit[0][0]  # meanwhile: the version we have + an exact delta
     elif index_file is not None:
-        try:
-            base = VectorIndex.load(index_file, mmap=True, vectors_lookup=_lookup(coll))
-            use_gpu, why = gpu_available()
-            if use_gpu:
-                base.to_gpu()
-            log.info("search index %s: %s", base.spec.factory, "GPU" if use_gpu else f"CPU ({why})")
-        except (IndexFileError, OSError) as exc:
-            log.warning("index file unusable (%s): searching every stored vector exactly until "
-                        "`photodex reindex` or the next index run rebuilds it", exc)
+        base, base_name = _load_base(coll, index_file), index_file.name
     else:
         log.info("no index file yet: searching every stored vector exactly")
-    if base is not None and state.get("generation") == generation:
+    if base is not None and base_name == ident[0] and state.get("generation") == generation:
         delta_ids, delta_vecs, gone = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32), np.zeros(0, np.int64)
     else:
         ids = coll.vector_ids()
@@ -240,5 +280,5 @@ def open_index(coll: Collection) -> SearchableIndex:
             log.info("searching %d vectors committed after the index file exactly", len(delta_ids))
     view = SearchableIndex(coll.dim, base, delta_ids, delta_vecs, gone, generation)
     with _cache_lock:
-        _cache[key] = (ident, view)
+        _cache[key] = ((base_name, generation), view)
     return view
