@@ -1,4 +1,4 @@
-"""``photodex ask``, ``photodex caption`` and ``photodex rerank``: the VLM answers about photos."""
+"""``photodex ask``, ``photodex caption``, ``photodex rerank`` and ``photodex eval pope``: the VLM answers about photos."""
 
 from __future__ import annotations
 
@@ -154,6 +154,68 @@ def _rerank_text(hits: list[dict[str, Any]]) -> str:
     return "\n".join(f"{n:3d}. {h['score']:.4f}  (clip {h['clip_score']:.4f}, p_yes {h['p_yes']:.3f}, was "
                      f"{h['clip_rank']})  #{h['id']}  {printable(h['paths'][0]) if h['paths'] else '?'}"
                      for n, h in enumerate(hits, 1))
+
+
+def _photo_paths(settings: Settings) -> Any:
+    """ids → the first file path of each catalogued photo (opens the collection only when called)."""
+
+    def lookup(ids: list[int]) -> dict[int, str]:
+        from sqlalchemy import select
+
+        from indexer.catalog_models import PhotoFile
+
+        from .common import open_collection
+
+        found: dict[int, str] = {}
+        with open_collection(settings) as coll, coll.catalog.session() as s:
+            for pid, path in s.execute(select(PhotoFile.photo_id, PhotoFile.path)
+                                       .where(PhotoFile.photo_id.in_(ids)).order_by(PhotoFile.path)):
+                found.setdefault(int(pid), path)
+        return found
+
+    return lookup
+
+
+def cmd_eval_pope(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from answerer.pope import evaluate_pope, read_pope, resolve_images
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    settings = _settings(args)
+    items = read_pope(args.file)  # fails fast on a bad file, before any model loads
+    images = resolve_images(items, args.image_root, _photo_paths(settings), base=Path(args.file).parent)
+    report = evaluate_pope(_vlm(settings), items, images, batch_size=args.batch_size,
+                           max_new_tokens=args.max_new_tokens or 8, budget=_budget(settings), file=args.file)
+    data = report.to_dict()
+    if not args.answers:
+        data.pop("answers")
+
+    def text(d: dict[str, Any]) -> str:
+        def line(name: str, m: dict[str, Any]) -> str:
+            return (f"{name:<12} n={m['n']:<6} accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
+                    f"recall {m['recall']:.4f}  F1 {m['f1']:.4f}  yes-ratio {m['yes_ratio']:.4f}")
+
+        rows = [line("all", d["metrics"])] + [line(c, m) for c, m in d["per_category"].items()]
+        rows.append(f"{d['timings']['questions_per_s']:.1f} questions/s, model {d['model']}")
+        return "\n".join(rows)
+
+    emit(data, args.json, text)
+    return EXIT_OK
+
+
+def register_pope(ev: Subparsers) -> None:
+    """``photodex eval pope`` (registered by :func:`ui.cli.classify.register` under ``eval``)."""
+    p = ev.add_parser("pope", help="POPE object-hallucination yes/no evaluation of the VLM")
+    p.add_argument("file", help="POPE JSON lines: image (path or photo id), text (yes/no question), label")
+    p.add_argument("--image-root", help="folder that relative image paths are under (default: the file's folder)")
+    p.add_argument("--batch-size", type=int, default=16, help="questions per generate (default 16)")
+    p.add_argument("--answers", action="store_true", help="with --json: include every per-question answer")
+    _vlm_args(p)
+    add_common(p)
+    add_model_args(p)
+    p.set_defaults(func=cmd_eval_pope)
 
 
 def _vlm_args(p: argparse.ArgumentParser) -> None:

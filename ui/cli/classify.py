@@ -1,4 +1,4 @@
-"""``photodex classify``, ``photodex tags`` and ``photodex eval zeroshot``."""
+"""``photodex classify``, ``photodex tags`` and ``photodex eval zeroshot`` (``eval pope``: ui/cli/answer.py)."""
 
 from __future__ import annotations
 
@@ -163,3 +163,7 @@ def register(sub: Subparsers) -> None:
     add_common(z)
     add_model_args(z)
     z.set_defaults(func=cmd_eval_zeroshot)
+
+    from .answer import register_pope
+
+    register_pope(ev)
