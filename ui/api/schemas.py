@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 MAX_K = 1000
 DEFAULT_COLLAPSE = 0.95
@@ -99,6 +99,17 @@ class ModerationOut(BaseModel):
     review: list[str]
 
 
+def _as_utc(value: datetime) -> datetime:
+    """The catalog stores UTC without an offset; say so, so the value is an RFC 3339 ``date-time``."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+# EXIF records the camera's wall-clock time with no offset: not an RFC 3339 date-time, so not documented as one.
+LocalDateTime = Annotated[datetime, WithJsonSchema({"type": "string", "title": "Local Date Time",
+                                                    "description": "camera wall-clock time, ISO 8601 without offset"})]
+
+
 class PhotoOut(BaseModel):
     id: int
     sha256: str
@@ -106,14 +117,14 @@ class PhotoOut(BaseModel):
     format: str | None
     width: int | None
     height: int | None
-    taken_at: datetime | None
+    taken_at: LocalDateTime | None
     camera_make: str | None
     camera_model: str | None
     gps_lat: float | None
     gps_lon: float | None
     status: str
     error: str | None
-    indexed_at: datetime | None
+    indexed_at: UtcDateTime | None
     paths: list[str]
     tags: list[TagOut]
     moderation: ModerationOut | None = Field(default=None, description="the current moderation decision, if any")
