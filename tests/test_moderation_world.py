@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -421,31 +420,10 @@ def test_cli_subprocess_exit_code(coll, tmp_path):
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def empty_pg_url():
-    from tests.conftest import PG_ADMIN_URL
-
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"photodex_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        import os
-
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
-def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, empty_pg_url):
+def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, pg_database_url):
     """Migration 0003 on PostgreSQL: versions, one active, rescan history (vectors copied from the world)."""
     ids, vecs, unsafe, _ = truth
-    pg = Collection.open_for_encoder(tmp_path / "pgcoll", world.encoder.spec, empty_pg_url)
+    pg = Collection.open_for_encoder(tmp_path / "pgcoll", world.encoder.spec, pg_database_url)
     try:
         with world.open() as src, src.catalog.session() as s:
             from indexer.catalog_models import Embedding, Photo

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from indexer.catalog_models import INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.encoders import Encoder
 from indexer.run import RunOptions, RunSummary, index_paths
-from tests.conftest import PG_ADMIN_URL
 from tests.helpers import env_offline, random_photo
 
 OPTS = RunOptions(batch_size=8, workers=0)
@@ -175,24 +172,6 @@ def test_raw_byte_name_beside_its_escaped_twin(tmp_path, tiny_encoder, request, 
     assert again.sync.unchanged == 3 and again.sync.hashed == 0 and again.encode.encoded == 0
 
 
-@pytest.fixture
-def empty_pg_url() -> Iterator[str]:
-    """An empty PostgreSQL database of its own, not yet migrated."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"photodex_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
 def _upgrade(engine: sa.Engine, revision: str) -> None:
     with engine.begin() as conn:
         cfg = alembic_config()
@@ -202,7 +181,7 @@ def _upgrade(engine: sa.Engine, revision: str) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_moves_uniqueness_from_path_to_path_bytes(tmp_path, request, backend):
-    url = request.getfixturevalue("empty_pg_url") if backend == "postgresql" else sqlite_url(tmp_path / "catalog.db")
+    url = request.getfixturevalue("pg_database_url") if backend == "postgresql" else sqlite_url(tmp_path / "catalog.db")
     engine = make_engine(url)
     insert = sa.text("INSERT INTO photo_files (path, path_bytes, size, mtime_ns) VALUES (:p, :b, 1, 1)")
     try:
