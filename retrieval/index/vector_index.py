@@ -329,6 +329,9 @@ class VectorIndex:
         lookup = lookup or self.vectors_lookup
         if lookup is not None:
             return as_matrix(lookup(ids), self.dim)
+        return self._reconstruct_locked(ids)
+
+    def _reconstruct_locked(self, ids: np.ndarray) -> np.ndarray:
         if self._mapped:
             pos = self._live_internal[np.searchsorted(self._live_ids, ids)]
             return self._inner().reconstruct_batch(pos)
@@ -337,12 +340,8 @@ class VectorIndex:
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The index's own copies of live vectors by photo id (exact for Flat storage, SQ8-decoded
         otherwise): no catalog read, for work such as near-duplicate collapse."""
-        ids = as_ids(ids)
         with self._lock.read():
-            if self._mapped:
-                pos = self._live_internal[np.searchsorted(self._live_ids, ids)]
-                return self._inner().reconstruct_batch(pos)
-            return self._index.reconstruct_batch(ids)
+            return self._reconstruct_locked(as_ids(ids))
 
     def _exact_subset(self, q: np.ndarray, k: int, ids: np.ndarray,
                       lookup: VectorsLookup | None) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COLLAPSE = 0.95
 MAX_K = 10_000
-MAX_FETCH_GROWTH = 3  # over-fetch rounds (x4 each) when collapse or filters thin the results
+MAX_FETCH_GROWTH = 3  # extra over-fetch rounds (x2 to x4 each) when collapse or filters thin the results
 
 
 class SearchError(InputError):
