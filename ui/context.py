@@ -86,21 +86,18 @@ def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
     return encoder
 
 
-def export_text_tower(coll: Collection, encoder: "Encoder") -> str:
-    """Export the collection's fast text path from a loaded encoder (writer only); a reason on failure."""
-    from indexer.text_tower import TextTowerError, ensure_text_tower
+def ensure_fast_text_path(coll: Collection, load: Callable[[], "Encoder"]) -> str:
+    """Export the collection's text tower once per encoder (writer only). The encoder is loaded only
+    when the export is missing or stale; returns "ready", or why text searches use the full model."""
+    from indexer.text_tower import TextTowerError, ensure_text_tower, text_tower_is_current
 
+    if text_tower_is_current(coll.path, coll.spec.id):
+        return "ready"
     try:
-        ensure_text_tower(coll.path, encoder)
+        ensure_text_tower(coll.path, load())
         return "ready"
     except TextTowerError as exc:
         return f"not exported ({exc}); text searches use the full model"
-
-
-def text_tower_ready(coll: Collection) -> bool:
-    from indexer.text_tower import text_tower_is_current
-
-    return text_tower_is_current(coll.path, coll.spec.id)
 
 
 def ingest_hook() -> Callable[..., Any]:

@@ -13,7 +13,7 @@ from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collec
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
     from retrieval.index.store import refresh_index
-    from ui.context import ingest_hook, open_for_indexing
+    from ui.context import ensure_fast_text_path, ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
     settings = settings_from(args)
@@ -38,7 +38,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             progress.close()
         data = summary.to_dict()
         data["index"] = refresh_index(coll)
-        data["text_tower"] = _ensure_text_tower(coll, load)
+        data["text_tower"] = ensure_fast_text_path(coll, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
 
@@ -49,15 +49,6 @@ def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
     return RayOptions(address=args.ray_address, actors=args.ray_actors, gpus_per_worker=args.gpus_per_worker,
                       gpu_decode={"auto": None, "on": True, "off": False}[args.gpu_decode],
                       device=settings.device, precision=settings.precision).validate()
-
-
-def _ensure_text_tower(coll: Any, load: Any) -> str:
-    """Export the fast text path once per encoder (the writer's job; loads the model only if missing)."""
-    from ui.context import export_text_tower, text_tower_ready
-
-    if text_tower_ready(coll):
-        return "ready"
-    return export_text_tower(coll, load())
 
 
 def _index_text(d: dict[str, Any]) -> str:
@@ -76,13 +67,12 @@ def _index_text(d: dict[str, Any]) -> str:
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from retrieval.index.store import refresh_index
-    from ui.context import export_text_tower, load_checked_encoder, text_tower_ready
+    from ui.context import ensure_fast_text_path, load_checked_encoder
 
     settings = settings_from(args)
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
         result = refresh_index(coll, force_rebuild=args.force)
-        if not text_tower_ready(coll):
-            result["text_tower"] = export_text_tower(coll, load_checked_encoder(coll, settings))
+        result["text_tower"] = ensure_fast_text_path(coll, lambda: load_checked_encoder(coll, settings))
     emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors")
     return EXIT_OK
 
