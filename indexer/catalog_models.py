@@ -197,3 +197,16 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(String(16), nullable=False)  # read | write | admin
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# ---- captions (answerer; migration 0005) -----------------------------------------------------------
+
+class PhotoCaption(Base):
+    """A caption of a photo written by the VLM (``photodex caption --all``); one per photo, replaced on re-run."""
+
+    __tablename__ = "photo_captions"
+
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), primary_key=True)
+    caption: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(String(512), nullable=False)  # VLM id or path that wrote it
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
