@@ -147,6 +147,29 @@ def test_random_vitb32_matches_full_model(vitb32_encoder, tmp_path: Path) -> Non
     assert meta["spec_id"] == vitb32_encoder.spec.id and meta["context_length"] == 77
     assert meta["tokenizer"]["kind"] == "clip_bpe" and meta["tokenizer"]["vocab_size"] == 49408
     assert set(meta["files"]) == {MODEL_FILE, WEIGHTS_FILE, BPE_FILE}
+    one_shot = load_text_tower(folder, vitb32_encoder.spec.id, prepack=False)  # what a CLI query loads
+    assert _max_diff(one_shot.encode_texts(texts), want) < 1e-4
+
+
+def test_plain_ascii_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
+    import html
+    import string
+
+    import ftfy
+
+    from indexer.text_tower import _basic_clean, _is_plain
+
+    rng = random.Random(11)
+    alphabet = string.printable  # includes &, tab, CR, LF, VT, FF
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    texts += ["<b>bold</b> &amp; co", "a\r\nb", "tab\there", "\x1b[31mred\x1b[0m", "caf\u00e9", "x\x00y"]
+    plain = [t for t in texts if _is_plain(t)]
+    assert 100 < len(plain) < len(texts)  # the sample exercises both branches
+    for t in plain:  # the shortcut is taken only where ftfy and html.unescape are identities
+        assert ftfy.fix_text(t) == t and html.unescape(html.unescape(t)) == t, repr(t)
+    for t in texts:  # and cleaning gives what the full ftfy path gives
+        assert _basic_clean(t) == html.unescape(html.unescape(ftfy.fix_text(t))).strip(), repr(t)
+    assert not _is_plain("fish &amp; chips") and not _is_plain("two\nlines") and not _is_plain("caf\u00e9")
 
 
 def test_searching_process_imports_neither_torch_nor_open_clip(world_encoder, world_tower, tmp_path: Path) -> None:

@@ -61,18 +61,20 @@ def open_for_indexing(settings: Settings) -> tuple[Collection, Callable[[], "Enc
     return coll, lambda: encoder
 
 
-def open_for_search(settings: Settings, text_only: bool = False) -> tuple[Collection, Any]:
+def open_for_search(settings: Settings, text_only: bool = False, one_shot: bool = True) -> tuple[Collection, Any]:
     """Open the collection and an encoder for it, refusing an encoder mismatch.
 
     ``text_only`` (a text search) with no explicitly chosen model uses the fast text path:
     query cache, then the collection's exported text tower, then the full model — no torch and
-    no vision tower unless the export is missing."""
+    no vision tower unless the export is missing. ``one_shot`` (a CLI command answering one query)
+    trades a little per-query speed for a faster start."""
     coll = Collection.open(settings.collection, settings.database_url)
     try:
         if text_only and not ({"model", "pretrained"} & settings.model_fields_set):
             from retrieval.search.text_encoder import FastTextEncoder
 
-            return coll, FastTextEncoder(coll.path, coll.spec, lambda: load_checked_encoder(coll, settings))
+            return coll, FastTextEncoder(coll.path, coll.spec, lambda: load_checked_encoder(coll, settings),
+                                         one_shot=one_shot)
         return coll, load_checked_encoder(coll, settings)
     except BaseException:
         coll.close()

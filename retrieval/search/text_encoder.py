@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 class FastTextEncoder:
     """``encode_texts`` for one collection: query cache → exported text tower → full model."""
 
-    def __init__(self, collection_path: Path, spec: EncoderSpec, load_full: Callable[[], Any]) -> None:
+    def __init__(self, collection_path: Path, spec: EncoderSpec, load_full: Callable[[], Any],
+                 one_shot: bool = False) -> None:
         self.collection_path = Path(collection_path)
         self.spec = spec
         self._load_full = load_full
+        self._prepack = not one_shot  # a one-shot CLI query builds the ONNX session ~0.2 s faster without it
         self._full: Any = None
         self._tower: Any = None
         self._tower_checked = False
@@ -46,7 +48,7 @@ class FastTextEncoder:
         if not self._tower_checked:
             from indexer.text_tower import try_load_text_tower
 
-            self._tower = try_load_text_tower(self.collection_path, self.spec.id)
+            self._tower = try_load_text_tower(self.collection_path, self.spec.id, prepack=self._prepack)
             self._tower_checked = True
             if self._tower is None:
                 log.info("no usable text tower export in %s; using the full model "
