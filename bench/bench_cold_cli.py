@@ -9,6 +9,7 @@ each repeat uses a new query). Targets: --help and info < 0.5 s, unchanged re-ch
 search <= 1 s. Prints the median of ``--repeats`` runs.
 
     python bench/bench_cold_cli.py --n 5000
+    python bench/bench_cold_cli.py --n 300 --model ViT-B-32      # random-init ViT-B-32: a real-size text tower
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model", help="an open_clip model name indexed with random weights (--pretrained none), "
+                                   "e.g. ViT-B-32; default: a random tiny CLIP")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="photodex-cold-"))
-    model, _ = save_tiny_clip(root / "model")
+    if args.model:
+        model_args, label = ["--model", args.model, "--pretrained", "none"], f"{args.model}, random weights"
+    else:
+        model, _ = save_tiny_clip(root / "model")
+        model_args, label = ["--model", f"local-dir:{model}"], "tiny CLIP"
     make_library(root / "lib", args.n, size=(32, 24))
     coll = str(root / "coll")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ui.cli", "index", str(root / "lib"), "--collection", coll,
-                    "--model", f"local-dir:{model}", "--workers", "1"], cwd=REPO, check=True,
+                    *model_args, "--workers", "1"], cwd=REPO, check=True,
                    env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL)
-    print(f"indexed {args.n} photos in {time.perf_counter() - t0:.1f}s (tiny CLIP); {args.repeats} cold runs each:")
+    print(f"indexed {args.n} photos in {time.perf_counter() - t0:.1f}s ({label}); load average "
+          f"{os.getloadavg()[0]:.2f}; {args.repeats} cold runs each:")
     commands = {
         "photodex --help": lambda i: ["--help"],
         "photodex info": lambda i: ["info", "--collection", coll],
@@ -67,7 +75,8 @@ def main() -> None:
         runs = [run(argv(i)) for i in range(args.repeats)]
         wall = statistics.median(w for w, _ in runs)
         rss = max(r for _, r in runs)
-        print(f"  {name:34s} median {wall:5.2f} s   peak RSS {rss:6.0f} MiB")
+        print(f"  {name:34s} median {wall:5.2f} s   peak RSS {rss:6.0f} MiB   (runs {', '.join(f'{w:.2f}' for w, _ in runs)})")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
