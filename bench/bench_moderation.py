@@ -11,14 +11,20 @@ Then, timing :func:`retrieval.moderation.rescan.rescan` end to end:
 
 1. dry run of version 1 on a collection with no decisions yet (every photo "changes"),
 2. first real run of version 1 (writes a decision for every photo),
-3. the same version again, real run: nothing changes (the fixed cost: stream + score + compare),
+3. the same version again, real run: nothing changes (the fixed cost: load the stored scores, decide, compare),
 4. a new version (``with_thresholds`` + ``save_policy``) whose thresholds make ~0.1 % of the
-   decisions change, real run; then one that makes ~10 % change, real run (and its dry run).
+   decisions change, real run; then one that makes ~10 % change, real run (and its dry run),
+6. the same version again (0 change),
+7. a version where one concept's prompt (so its prompt vector) changed: every photo is scored from its
+   stored vector, and the real run stores the fresh scores (dry and real run),
+8. a threshold change right after it (re-decided from stored scores again).
 
 Scoring efficiency: the time of ``CompiledPolicy.scores`` + ``decide_scores`` on the in-memory
-vectors, chunk by chunk as ``rescan`` does, against a plain ``x @ W.T`` of the same shape; the
-ratio matmul / scoring is reported (target >= 0.7). The time ``rescan`` spends inside scoring is
-also measured (the methods are wrapped with timers, nothing is changed).
+vectors, chunk by chunk as ``rescan`` does, against a plain ``x @ W.T`` of the same shape, each the
+fastest of 3 interleaved repeats per chunk; the ratio matmul / scoring is reported (target >= 0.7).
+The time ``rescan`` spends inside scoring is also measured (the methods are wrapped with timers,
+nothing is changed). The "from vectors" column counts photos scored from their stored vectors;
+the others were re-decided from the scores stored with their current decision.
 
     python bench/bench_moderation.py                 # 1M x 512-d
     python bench/bench_moderation.py --n 100000
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -90,23 +97,30 @@ def make_policy(weights: np.ndarray, thresholds: list[float]) -> dict:
     return {"name": "bench", "concepts": concepts, "special_care_adjustment": 0.01}
 
 
-def chunked_scoring(compiled: CompiledPolicy, vecs: np.ndarray, chunk: int) -> tuple[float, float, np.ndarray]:
-    """(scoring seconds, plain matmul seconds, (n, C) scores), chunk by chunk."""
+def chunked_scoring(compiled: CompiledPolicy, vecs: np.ndarray, chunk: int,
+                    repeats: int = 3) -> tuple[float, float, np.ndarray]:
+    """(scoring seconds, plain matmul seconds, (n, C) scores), chunk by chunk.
+
+    Each chunk is scored and multiplied ``repeats`` times, interleaved, and the fastest time of each
+    side counts: on a shared machine a single pass mostly measures the neighbours."""
     t_score = t_mm = 0.0
     scores = np.empty((len(vecs), len(compiled.names)), np.float32)
     wt = compiled.weights.T
     for start in range(0, len(vecs), chunk):
         x = vecs[start:start + chunk]
-        t0 = time.perf_counter()
-        sc = compiled.scores(x)
-        compiled.decide_scores(sc)
-        t1 = time.perf_counter()
-        sims = x @ wt
-        t2 = time.perf_counter()
-        t_score += t1 - t0
-        t_mm += t2 - t1
+        best_score = best_mm = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sc = compiled.scores(x)
+            compiled.decide_scores(sc)
+            t1 = time.perf_counter()
+            sims = x @ wt
+            t2 = time.perf_counter()
+            best_score, best_mm = min(best_score, t1 - t0), min(best_mm, t2 - t1)
+            del sims
+        t_score += best_score
+        t_mm += best_mm
         scores[start:start + len(x)] = sc
-        del sims
     return t_score, t_mm, scores
 
 
@@ -193,11 +207,11 @@ def main() -> None:
         rep = rescan(coll, record, dry_run=dry, chunk=args.chunk)
         sec = time.perf_counter() - t
         results.append((label, record.version, "dry" if dry else "real", rep.photos, rep.changed, sec,
-                        timer.seconds, la))
+                        timer.seconds, la, rep.rescored))
         print(f"{label:38s} v{record.version} {'dry ' if dry else 'real'}: {sec:7.2f}s  "
               f"{rep.photos / sec:>10,.0f} decisions/s  changed {rep.changed:>9,} "
-              f"({100 * rep.changed / max(rep.photos, 1):6.2f} %)  scoring inside {timer.seconds:5.2f}s  "
-              f"[load {la}]", flush=True)
+              f"({100 * rep.changed / max(rep.photos, 1):6.2f} %)  from vectors {rep.rescored:>9,}  "
+              f"scoring inside {timer.seconds:5.2f}s  [load {la}]", flush=True)
 
     print()
     run("1. no decisions yet", v1, True)
@@ -220,22 +234,35 @@ def main() -> None:
     run("5. ~10 % change", v3, False)
     run("6. same version again (0 change)", v3, False)
 
-    base = min(results[2][5], results[-1][5])
-    print("\n| step | version | run | photos | changed | changed % | seconds | decisions/s | scoring s "
-          "| seconds over the 0-change run |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for label, ver, kind, photos, changed, sec, sc, _ in results:
+    # a changed prompt: that concept's stored scores are stale, so every photo is scored from its vector
+    # (and a real run stores the fresh scores); the threshold change after it is fast again
+    w4 = weights.copy()
+    w4[0] = unit(rng.standard_normal((1, args.dim), dtype=np.float32))[0]  # concept 0's first prompt row
+    body4 = v3.policy.to_dict()
+    body4["concepts"][0]["prompts"] = [f"a close-up photo of {CONCEPTS[0]}", body4["concepts"][0]["prompts"][1]]
+    v4 = save_policy(coll, parse_policy(body4), weights=w4, activate=True)
+    run("7. one concept's prompt changed", v4, True)
+    run("7. one concept's prompt changed", v4, False)
+    v5 = save_policy(coll, with_thresholds(v4, {CONCEPTS[j_small]: thr[j_small]}).policy, weights=w4, activate=True)
+    run("8. threshold change after it", v5, False)
+
+    base = min(results[2][5], results[7][5])
+    print("\n| step | version | run | photos | changed | changed % | scored from vectors | seconds | decisions/s "
+          "| scoring s | seconds over the 0-change run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, ver, kind, photos, changed, sec, sc, _, rescored in results:
         print(f"| {label} | {ver} | {kind} | {photos:,} | {changed:,} | {100 * changed / max(photos, 1):.2f} "
-              f"| {sec:.2f} | {photos / sec:,.0f} | {sc:.2f} | {sec - base:+.2f} |")
+              f"| {rescored:,} | {sec:.2f} | {photos / sec:,.0f} | {sc:.2f} | {sec - base:+.2f} |")
     first = results[1]
     per_change = (first[5] - base) / max(first[4], 1)
     print(f"\nwrite cost per changed decision (first real run vs fastest 0-change run): {per_change * 1e6:.1f} us; "
-          f"fixed cost of a real run (stream + decode + score + compare {args.n:,}): {base:.2f}s")
-    for label, _, kind, photos, changed, sec, _, _ in (results[4], results[6]):
+          f"fixed cost of a real run (load stored scores + decide + compare {args.n:,}): {base:.2f}s")
+    for label, _, kind, photos, changed, sec, _, _, _ in (results[4], results[6]):
         print(f"{label} real: {sec - base:+.2f}s over the fixed cost for {changed:,} changes "
               f"(predicted from per-change cost {changed * per_change:.2f}s)")
     print(f"load average at end: {loadavg()}")
     coll.close()
+    shutil.rmtree(root, ignore_errors=True)  # ~2 GB at 1M
 
 
 if __name__ == "__main__":

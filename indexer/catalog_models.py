@@ -16,7 +16,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -107,7 +106,7 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text, nullable=False)
 
 
-# ---- moderation (retrieval/moderation; migration 0003) ------------------------------------------
+# ---- moderation (retrieval/moderation; migrations 0003, 0006) ---------------------------------------
 
 class ModerationPolicy(Base):
     """One immutable version of a named moderation policy; at most one version is active.
@@ -118,11 +117,11 @@ class ModerationPolicy(Base):
     """
 
     __tablename__ = "moderation_policies"
-    __table_args__ = (
-        UniqueConstraint("name", "version", name="uq_moderation_policy_version"),
-        Index("uq_moderation_policies_one_active", "active", unique=True,
-              sqlite_where=text("active"), postgresql_where=text("active")),
-    )
+    # One active version per catalog is enforced by the partial unique index ``uq_moderation_policies_one_active``
+    # (``WHERE active``), created by migration 0003 (the schema comes from migrations, never from create_all). It is
+    # not declared here: a ``postgresql_where`` argument imports the PostgreSQL dialect (~0.03-0.05 s) into every
+    # process, SQLite ones included, and ``photodex info`` / a cold search pay for it.
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_moderation_policy_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), nullable=False)
@@ -151,13 +150,19 @@ class ModerationRun(Base):
 
 
 class ModerationDecision(Base):
-    """Append-only history: one row each time a photo's decision changes (never updated)."""
+    """Append-only history: one row each time a photo's decision changes (never updated).
+
+    Rows outlive their photo (no foreign key on ``photo_id``, migration 0006): ``photo_sha256``
+    identifies the photo after it is deleted, since SQLite may give its id to a later photo.
+    """
 
     __tablename__ = "moderation_decisions"
-    __table_args__ = (Index("ix_moderation_decisions_photo", "photo_id", "id"),)
+    __table_args__ = (Index("ix_moderation_decisions_photo", "photo_id", "id"),
+                      Index("ix_moderation_decisions_photo_sha256", "photo_sha256", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), nullable=False)
+    photo_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    photo_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     policy_id: Mapped[int] = mapped_column(ForeignKey("moderation_policies.id"), nullable=False, index=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("moderation_runs.id"), index=True)
     action: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
@@ -169,7 +174,12 @@ class ModerationDecision(Base):
 
 
 class ModerationState(Base):
-    """The current decision of each moderated photo (a pointer into the history, for fast filters)."""
+    """The current decision of each moderated photo (a pointer into the history, for fast filters).
+
+    ``scores`` are the photo's exact float32 concept scores under policy ``scores_policy_id`` (its
+    concept order); a re-evaluation re-decides from them for concepts whose prompt vectors did not
+    change. NULL: score from the stored vector.
+    """
 
     __tablename__ = "moderation_state"
 
@@ -179,6 +189,8 @@ class ModerationState(Base):
     action: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
     hits: Mapped[str] = mapped_column(Text, nullable=False, default="")
     review: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    scores: Mapped[bytes | None] = mapped_column(LargeBinary)
+    scores_policy_id: Mapped[int | None] = mapped_column(Integer)
 
 
 # ---- API keys (ui/api/security; migration 0004) -------------------------------------------------

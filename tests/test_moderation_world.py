@@ -441,7 +441,13 @@ def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, pg_database_u
         report = rescan(pg, r2)
         assert report.changed == len(ids) and report.by_action["quarantine"] == unsafe.sum()
         assert {d.photo_id for d in list_decisions(pg, action="quarantine")} == set(ids[unsafe].tolist())
-        assert rescan(pg, r2).changed == 0
+        again = rescan(pg, r2)  # re-decided from the scores stored with each decision: no vector read
+        assert again.changed == 0 and again.rescored == 0 and again.by_action == report.by_action
+        body = skull_policy(0.5)
+        body["concepts"][0]["prompts"] = [UNSAFE_CONCEPT, "white skull"]  # new prompt vectors: scores are stale
+        r3 = save_policy(pg, parse_policy(body), world.encoder, activate=True)
+        assert rescan(pg, r3).rescored == len(ids)  # ... so every vector is read, and fresh scores are stored
+        assert rescan(pg, r3, dry_run=True).rescored == 0
     finally:
         pg.close()
 

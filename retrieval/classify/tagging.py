@@ -1,7 +1,9 @@
 """Zero-shot classification wired to encoders and collections: images, lists, whole libraries.
 
 Library tagging reads only stored vectors (no photo is re-read) and replaces the tags of one
-taxonomy in a single transaction, so a later label list cleanly supersedes an earlier one.
+taxonomy in a single transaction, so a later label list cleanly supersedes an earlier one. Like
+search, it leaves out quarantined and blocked photos unless the caller names a moderation value
+(:mod:`retrieval.moderation.visibility`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from indexer.collection import Collection
 from indexer.decode import DecodeError, decode_photo
 from indexer.encoders import Encoder
 from indexer.errors import InputError
+from retrieval.moderation.visibility import visible_mask
 
 from .cache import ZeroShotCache
 from .labels import validate_classnames
@@ -100,11 +103,20 @@ def classify_files(clf: ZeroShotClassifier, paths: Sequence[str], k: int = 5,
 
 
 def tag_library(coll: Collection, clf: ZeroShotClassifier, taxonomy: str, k: int = 1, min_score: float = 0.0,
-                thresholds: float | Sequence[float] | None = None, chunk: int = 65536) -> dict[str, Any]:
-    """Tag every indexed photo from its stored vector; replaces the taxonomy's previous tags."""
+                thresholds: float | Sequence[float] | None = None, chunk: int = 65536,
+                moderation: str | None = None) -> dict[str, Any]:
+    """Tag indexed photos from their stored vectors; replaces the taxonomy's previous (non-manual) tags.
+
+    Quarantined and blocked photos are skipped (and lose this taxonomy's tags) unless ``moderation``
+    names what to tag, with the values of the search filter ``moderation=``: ``any`` tags every photo,
+    ``quarantine`` only the quarantined ones, and so on.
+    """
     if not taxonomy.strip():
         raise InputError("taxonomy name must not be empty")
-    ids, vecs = coll.load_vectors()
+    ids = coll.vector_ids()
+    keep = visible_mask(coll, ids, moderation)
+    skipped = int((~keep).sum())
+    ids, vecs = coll.load_vectors(ids[keep]) if skipped else coll.load_vectors()
     rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for start in range(0, len(ids), chunk):
@@ -120,8 +132,10 @@ def tag_library(coll: Collection, clf: ZeroShotClassifier, taxonomy: str, k: int
         s.execute(delete(Tag).where(Tag.taxonomy == taxonomy, Tag.manual.is_(False)))
         for start in range(0, len(rows), 5000):
             s.execute(Tag.__table__.insert(), rows[start:start + 5000])
-    log.info("tagged %d photos with %d tags (taxonomy %s)", len(ids), len(rows), taxonomy)
-    return {"taxonomy": taxonomy, "photos": int(len(ids)), "tags": len(rows), "per_label": dict(counts.most_common())}
+    log.info("tagged %d photos with %d tags (taxonomy %s); %d left out by moderation", len(ids), len(rows),
+             taxonomy, skipped)
+    return {"taxonomy": taxonomy, "photos": int(len(ids)), "tags": len(rows), "per_label": dict(counts.most_common()),
+            "skipped_by_moderation": skipped}
 
 
 def list_tags(coll: Collection, taxonomy: str | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ review band, else ``allow``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .policy import OUTCOMES, Policy, PolicyError
 
 EncodeTexts = Callable[[list[str]], np.ndarray]
 
+SCORE_RULE = "max-positive-minus-max-contrast/v1"  # part of every score key: change it if scoring changes
 ALLOW, REVIEW = 0, 1  # outcome ranks; OUTCOMES[rank] is the name
 LEVEL_NONE, LEVEL_REVIEW, LEVEL_HIT = 0, 1, 2
 
@@ -56,15 +58,39 @@ def concept_scores_from_similarities(sims: np.ndarray, layout: Sequence[tuple[in
 
 
 def _scores_by_row(sims_t: np.ndarray, layout: Sequence[tuple[int, int]]) -> np.ndarray:
-    """(C, n) concept scores from (P, n) prompt cosines: maxima over contiguous rows (fast)."""
+    """(C, n) concept scores from (P, n) prompt cosines: maxima over contiguous rows, in place (fast)."""
     out = np.empty((len(layout), sims_t.shape[1]), dtype=np.float32)
     row = 0
     for j, (pos, con) in enumerate(layout):
-        np.max(sims_t[row:row + pos], axis=0, out=out[j])
+        _row_max(sims_t, row, pos, out[j])
         if con:
-            out[j] -= sims_t[row + pos:row + pos + con].max(axis=0)
+            best = sims_t[row + pos] if con == 1 else _row_max(sims_t, row + pos, con, np.empty_like(out[j]))
+            np.subtract(out[j], best, out=out[j])
         row += pos + con
     return out
+
+
+def _row_max(sims_t: np.ndarray, row: int, count: int, out: np.ndarray) -> np.ndarray:
+    if count == 1:
+        out[...] = sims_t[row]
+        return out
+    np.maximum(sims_t[row], sims_t[row + 1], out=out)
+    for k in range(row + 2, row + count):
+        np.maximum(out, sims_t[k], out=out)
+    return out
+
+
+def score_keys(policy: Policy, weights: np.ndarray) -> list[bytes]:
+    """Per concept, a digest of everything its score depends on besides the image vector: its prompt
+    (and contrast) vectors and their layout. Equal keys mean equal scores for every stored vector."""
+    keys, row = [], 0
+    w = np.ascontiguousarray(weights, dtype="<f4")
+    for pos, con in prompt_rows(policy):
+        h = hashlib.blake2b(f"{SCORE_RULE}:{pos}:{con}:{w.shape[1]}".encode(), digest_size=16)
+        h.update(w[row:row + pos + con].tobytes())
+        keys.append(h.digest())
+        row += pos + con
+    return keys
 
 
 @dataclass(frozen=True)
@@ -156,8 +182,12 @@ class CompiledPolicy:
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"vectors must be (n, {self.dim}), got shape {x.shape}")
-        sims_t = np.ascontiguousarray((x @ self.weights.T).T)  # (P, n): row maxima are cheap
-        return _scores_by_row(sims_t, prompt_rows(self.policy)).T
+        sims_t = self.weights @ x.T  # (P, n) with contiguous rows, no transpose copy; one BLAS call
+        return _scores_by_row(sims_t, prompt_rows(self.policy)).T  # (C, n) contiguous, seen as (n, C)
+
+    def score_keys(self) -> list[bytes]:
+        """See :func:`score_keys`."""
+        return score_keys(self.policy, self.weights)
 
     def decide_scores(self, scores: np.ndarray) -> DecisionArrays:
         cs = self.policy.concepts

@@ -1,11 +1,17 @@
-"""Re-evaluate the whole collection under a policy version from stored vectors (no photo is re-read).
+"""Re-evaluate the whole collection under a policy version from stored data (no photo is re-read).
 
-Vectors are streamed in chunks and scored with the version's stored prompt vectors; each new
-decision is compared with the photo's current one (outcome + hit concepts + review concepts).
-A dry run reports the differences and writes nothing. A real run holds the collection's writer
-lock and, in one transaction, appends a history row only for photos whose decision changes and
-records the run. :func:`decide_in_session` does the same for a batch of freshly encoded photos
-inside an index run's own transaction.
+Each photo's current decision keeps its exact float32 concept scores and the policy version they
+were computed under. A concept whose score key (its prompt and contrast vectors, see
+:func:`~retrieval.moderation.decide.score_keys`) is unchanged is re-decided from those stored
+scores; stored vectors are read and scored only for photos with no usable stored scores (no
+decision yet, or a concept whose prompts changed). So a new version that only moves thresholds,
+review thresholds, actions or the special-care adjustment costs a pass over the stored scores plus
+the writes of the decisions that change. Each new decision is compared with the photo's current one
+(outcome + hit concepts + review concepts). A dry run reports the differences and writes nothing.
+A real run holds the collection's writer lock and, in one transaction, appends a history row only
+for photos whose decision changes, stores fresh scores for photos that had to be scored from their
+vectors, and records the run. :func:`decide_in_session` does the same for a batch of freshly encoded
+photos inside an index run's own transaction.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from sqlalchemy.orm import Session
 from indexer.catalog_models import Embedding, ModerationPolicy, ModerationRun, ModerationState
 from indexer.collection import Collection
 from indexer.errors import EncoderMismatchError, InputError
-from indexer.vectors import decode_vectors
+from indexer.vectors import VECTOR_DTYPE, decode_vectors, l2_normalize
 from indexer.writer_lock import WriterLock
 
-from .decide import LEVEL_HIT, LEVEL_REVIEW, DecisionArrays
-from .history import CHUNK, concept_masks, split_names, write_decisions
+from .decide import LEVEL_HIT, LEVEL_REVIEW, CompiledPolicy, DecisionArrays
+from .history import CHUNK, concept_masks, refresh_scores, split_names, write_decisions
 from .policy import OUTCOMES
 from .store import PolicyRecord, record_of, utcnow
 
@@ -51,6 +57,7 @@ class RescanReport:
     changes: dict[str, int] = field(default_factory=dict)  # "allow -> quarantine": count, changed photos
     changed_by_concept: dict[str, int] = field(default_factory=dict)  # photos whose level for a concept changes
     examples: dict[str, list[int]] = field(default_factory=dict)  # a few photo ids per change and concept
+    rescored: int = 0  # photos scored from their stored vectors (the rest were re-decided from stored scores)
     run_id: int | None = None
     seconds: float = 0.0
 
@@ -60,40 +67,61 @@ class RescanReport:
 
 @dataclass
 class _Current:
-    """Every photo's current decision as sorted ids and comparable codes."""
+    """Every photo's current decision as sorted ids and comparable codes, plus its stored scores."""
 
     ids: np.ndarray
     rank: np.ndarray
     hit: np.ndarray
     review: np.ndarray
     foreign: np.ndarray  # names a concept this policy lacks: always counts as changed
+    score_policy: np.ndarray  # policy id the stored scores follow; -1 where none are stored
+    blobs: list[bytes | None] = field(default_factory=list)  # stored float32 scores, aligned with ids
 
 
 def _current(s: Session, names: list[str], photo_ids: np.ndarray | None = None) -> _Current:
     pos = {n: j for j, n in enumerate(names)}
-    codes: dict[tuple[str, str, str], tuple[int, int, int, bool]] = {}
 
     def code(action: str, hits: str, review: str) -> tuple[int, int, int, bool]:
-        key = (action, hits, review)
-        if key not in codes:
-            h, r = split_names(hits), split_names(review)
-            foreign = any(n not in pos for n in h + r) or action not in OUTCOMES
-            codes[key] = (OUTCOMES.index(action) if action in OUTCOMES else -1,
-                          sum(1 << pos[n] for n in h if n in pos), sum(1 << pos[n] for n in r if n in pos), foreign)
-        return codes[key]
+        h, r = split_names(hits), split_names(review)
+        foreign = any(n not in pos for n in h + r) or action not in OUTCOMES
+        return (OUTCOMES.index(action) if action in OUTCOMES else -1,
+                sum(1 << pos[n] for n in h if n in pos), sum(1 << pos[n] for n in r if n in pos), foreign)
 
-    stmt = select(ModerationState.photo_id, ModerationState.action, ModerationState.hits,
-                  ModerationState.review).order_by(ModerationState.photo_id)
+    t = ModerationState.__table__.c
+    stmt = select(t.photo_id, t.action, t.hits, t.review, t.scores_policy_id, t.scores).order_by(t.photo_id)
+    conn = s.connection()
     if photo_ids is None:
-        rows = s.execute(stmt).all()
+        rows = _raw_rows(s, stmt)
     else:
         wanted = [int(i) for i in photo_ids]
-        rows = sorted(r for start in range(0, len(wanted), CHUNK)
-                      for r in s.execute(stmt.where(ModerationState.photo_id.in_(wanted[start:start + CHUNK]))))
-    table = [code(a, h, r) for _, a, h, r in rows]
-    return _Current(np.asarray([r[0] for r in rows], np.int64),
-                    np.asarray([t[0] for t in table], np.int64), np.asarray([t[1] for t in table], np.int64),
-                    np.asarray([t[2] for t in table], np.int64), np.asarray([t[3] for t in table], bool))
+        rows = sorted((r for start in range(0, len(wanted), CHUNK)
+                       for r in conn.execute(stmt.where(t.photo_id.in_(wanted[start:start + CHUNK])))),
+                      key=lambda r: r[0])
+    n = len(rows)
+    if not n:
+        empty = np.zeros(0, np.int64)
+        return _Current(empty, empty, empty, empty, np.zeros(0, bool), empty, [])
+    pid, action, hits, review, spid, blobs = zip(*rows)
+    kinds: dict[tuple[str, str, str], int] = {}
+    kind = np.fromiter((kinds.setdefault(k, len(kinds)) for k in zip(action, hits, review)), np.int64, n)
+    table = [code(*k) for k in kinds]  # one parse per distinct (action, hits, review)
+    rank, hit, rev, foreign = (np.asarray([c[f] for c in table])[kind] for f in range(4))
+    return _Current(np.asarray(pid, np.int64), rank.astype(np.int64), hit.astype(np.int64), rev.astype(np.int64),
+                    foreign.astype(bool), np.fromiter((-1 if p is None else p for p in spid), np.int64, n),
+                    list(blobs))
+
+
+def _raw_rows(s: Session, stmt: Any) -> list[tuple[Any, ...]]:
+    """All rows of a parameterless SELECT as plain DBAPI tuples: for a million rows, building SQLAlchemy
+    Row objects costs about as much as the fetch itself."""
+    conn = s.connection()
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def _lookup(cur: _Current, ids: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -107,13 +135,93 @@ def _lookup(cur: _Current, ids: np.ndarray) -> tuple[np.ndarray, ...]:
             np.where(known, cur.review[at], 0), known & cur.foreign[at])
 
 
-def _vector_chunks(coll: Collection, chunk: int) -> Any:
-    """(ids, unit vectors) of every stored vector, ``chunk`` rows at a time, by photo id."""
+def _vector_chunks(coll: Collection, chunk: int, wanted: np.ndarray | None = None, total: int = 0) -> Any:
+    """(ids, unit vectors) by photo id, ``chunk`` rows at a time: every stored vector, or the sorted
+    ``wanted`` ids (looked up by id when they are few, else streamed and filtered)."""
+    t = Embedding.__table__.c
+    stmt = select(t.photo_id, t.vector).order_by(t.photo_id)
     with coll.catalog.session() as s:
-        result = s.execute(select(Embedding.photo_id, Embedding.vector).order_by(Embedding.photo_id)
-                           .execution_options(yield_per=chunk))
+        conn = s.connection()
+        if wanted is not None and len(wanted) * 4 < total:
+            for start in range(0, len(wanted), chunk):
+                part = wanted[start:start + chunk].tolist()
+                rows = sorted((r for k in range(0, len(part), CHUNK)
+                               for r in conn.execute(stmt.where(t.photo_id.in_(part[k:k + CHUNK])))),
+                              key=lambda r: r[0])
+                if rows:
+                    ids, blobs = zip(*rows)
+                    yield np.asarray(ids, np.int64), decode_vectors(list(blobs), coll.dim)
+            return
+        result = conn.execution_options(yield_per=chunk).execute(stmt)
         for part in result.partitions(chunk):
-            yield np.asarray([r[0] for r in part], np.int64), decode_vectors([r[1] for r in part], coll.dim)
+            ids, blobs = zip(*part)
+            idx = np.asarray(ids, np.int64)
+            if wanted is not None:
+                keep = np.flatnonzero(np.isin(idx, wanted, assume_unique=True))
+                if not len(keep):
+                    continue
+                idx, blobs = idx[keep], [blobs[k] for k in keep]
+            yield idx, decode_vectors(list(blobs), coll.dim)
+
+
+def _vector_ids(coll: Collection) -> np.ndarray:
+    t = Embedding.__table__.c
+    with coll.catalog.session() as s:
+        rows = _raw_rows(s, select(t.photo_id).order_by(t.photo_id))
+    return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+
+def _stored_scores(s: Session, compiled: CompiledPolicy, cur: _Current, ids: np.ndarray,
+                   out: np.ndarray) -> np.ndarray:
+    """Fill rows of ``out`` (aligned with sorted ``ids``) from the stored scores where every concept's
+    score key matches; returns the mask of rows filled (the rest need their vectors)."""
+    filled = np.zeros(len(ids), bool)
+    if not len(cur.ids) or not len(ids):
+        return filled
+    at = np.minimum(np.searchsorted(cur.ids, ids), len(cur.ids) - 1)
+    known = cur.ids[at] == ids
+    keys = compiled.score_keys()
+    for policy_id in np.unique(cur.score_policy[at[known]]):
+        if policy_id < 0:
+            continue
+        row = s.get(ModerationPolicy, int(policy_id))
+        if row is None:
+            continue
+        old = record_of(row).compiled()
+        old_keys = {k: c for c, k in enumerate(old.score_keys())}
+        cols = [old_keys.get(k, -1) for k in keys]
+        if min(cols) < 0:
+            continue  # a concept's prompts changed: these photos are scored from their vectors
+        rows = np.flatnonzero(known & (cur.score_policy[at] == policy_id))
+        blobs = [cur.blobs[k] for k in at[rows]]
+        width = 4 * len(old.names)
+        good = np.fromiter((b is not None and len(b) == width for b in blobs), bool, len(blobs))
+        rows = rows[good]
+        if not len(rows):
+            continue
+        stored = np.frombuffer(b"".join(b for b, g in zip(blobs, good) if g), dtype="<f4").reshape(len(rows), -1)
+        out[rows] = stored[:, cols]
+        filled[rows] = True
+    return filled
+
+
+def _all_scores(coll: Collection, compiled: CompiledPolicy, cur: _Current, chunk: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted ids of every stored vector, their (n, C) scores, mask of the rows scored from vectors)."""
+    ids = _vector_ids(coll)
+    scores = np.empty((len(ids), len(compiled.names)), np.float32)
+    with coll.catalog.session() as s:
+        filled = _stored_scores(s, compiled, cur, ids, scores)
+    need = ids[~filled]
+    scored = np.zeros(len(ids), bool)
+    if len(need):
+        for part_ids, vecs in _vector_chunks(coll, chunk, None if len(need) == len(ids) else need, len(ids)):
+            at = np.minimum(np.searchsorted(ids, part_ids), len(ids) - 1)
+            mine = ids[at] == part_ids  # a vector committed since ids were read waits for the next run
+            scores[at[mine]] = compiled.scores(vecs[mine])
+            scored[at[mine]] = True
+    keep = filled | scored  # a photo deleted meanwhile has neither
+    return ids[keep], scores[keep], scored[keep]
 
 
 def _take(arrays: DecisionArrays, rows: np.ndarray) -> DecisionArrays:
@@ -158,7 +266,7 @@ def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chu
     ``lock``: a writer lock the caller already holds; otherwise a real run takes one (refusing
     with :class:`~indexer.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
     """
-    start = time.perf_counter()
+    start_time = time.perf_counter()
     if thresholds:
         if not dry_run:
             raise InputError("threshold overrides only preview (dry run); store a new policy version to apply them")
@@ -174,20 +282,21 @@ def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chu
     with held:
         with coll.catalog.session() as s:
             cur = _current(s, names)
-        by_action: Counter[str] = Counter()
+        all_ids, all_scores, rescored = _all_scores(coll, compiled, cur, chunk)
+        report.photos, report.rescored = len(all_ids), int(rescored.sum())
+        by_action = np.zeros(len(OUTCOMES), np.int64)
         hits_total = np.zeros(len(names), np.int64)
         review_total = np.zeros(len(names), np.int64)
         changes: Counter[str] = Counter()
         changed_concepts = np.zeros(len(names), np.int64)
         samples: dict[str, list[int]] = defaultdict(list)
-        changed_ids: list[np.ndarray] = []
+        changed_rows: list[np.ndarray] = []
         changed_arrays: list[DecisionArrays] = []
-        for ids, vecs in _vector_chunks(coll, chunk):
-            arrays = compiled.decide_scores(compiled.scores(vecs))
+        for start in range(0, len(all_ids), chunk):
+            ids = all_ids[start:start + chunk]
+            arrays = compiled.decide_scores(all_scores[start:start + chunk])
             hit, rev = concept_masks(arrays.levels)
-            report.photos += len(ids)
-            for rank, count in enumerate(np.bincount(arrays.outcome, minlength=len(OUTCOMES))):
-                by_action[OUTCOMES[rank]] += int(count)
+            by_action += np.bincount(arrays.outcome, minlength=len(OUTCOMES))
             hits_total += (arrays.levels == LEVEL_HIT).sum(axis=0)
             review_total += (arrays.levels == LEVEL_REVIEW).sum(axis=0)
             known, old_rank, old_hit, old_rev, foreign = _lookup(cur, ids)
@@ -210,44 +319,56 @@ def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chu
                 room = examples - len(samples[key])
                 if room > 0:
                     samples[key].extend(int(i) for i in ids[sel[:room]])
-            changed_ids.append(ids[rows])
+            changed_rows.append(start + rows)
             changed_arrays.append(_take(arrays, rows))
         report.changed = int(sum(changes.values()))
-        report.by_action = {a: by_action[a] for a in OUTCOMES if by_action[a]}
+        report.by_action = {a: int(by_action[k]) for k, a in enumerate(OUTCOMES) if by_action[k]}
         report.by_concept = {n: {"hit": int(hits_total[j]), "review": int(review_total[j])}
                              for j, n in enumerate(names)}
         report.changes = dict(changes.most_common())
         report.changed_by_concept = {n: int(changed_concepts[j]) for j, n in enumerate(names) if changed_concepts[j]}
         report.examples = {k: v for k, v in samples.items() if v}
         if not dry_run:
-            report.run_id = _write(coll, record, names, changed_ids, _concat(changed_arrays, len(names)), report)
-    report.seconds = round(time.perf_counter() - start, 3)
-    log.info("moderation %s of %s v%d: %d photos, %d changed", "dry run" if dry_run else "run", record.name,
-             record.version, report.photos, report.changed)
+            rows = np.concatenate(changed_rows) if changed_rows else np.zeros(0, np.int64)
+            refresh = rescored.copy()  # scored from vectors, decision unchanged, state present: keep the scores
+            refresh[rows] = False
+            refresh &= _lookup(cur, all_ids)[0]
+            report.run_id = _write(coll, record, names, all_ids[rows], _concat(changed_arrays, len(names)), report,
+                                   all_ids[refresh], all_scores[refresh])
+    report.seconds = round(time.perf_counter() - start_time, 3)
+    log.info("moderation %s of %s v%d: %d photos, %d changed, %d scored from vectors", "dry run" if dry_run
+             else "run", record.name, record.version, report.photos, report.changed, report.rescored)
     return report
 
 
-def _write(coll: Collection, record: PolicyRecord, names: list[str], ids: list[np.ndarray],
-           arrays: DecisionArrays, report: RescanReport) -> int:
-    """Record the run and the changed decisions in one transaction; the run's id."""
+def _write(coll: Collection, record: PolicyRecord, names: list[str], photo_ids: np.ndarray,
+           arrays: DecisionArrays, report: RescanReport, refresh_ids: np.ndarray, refresh_scores_: np.ndarray) -> int:
+    """Record the run, the changed decisions and refreshed scores in one transaction; the run's id."""
     started = utcnow()
     with coll.catalog.session() as s, s.begin():
         run = ModerationRun(policy_id=record.id, source="rescan", photos=report.photos, changed=report.changed,
                             started_at=started, finished_at=started)
         s.add(run)
         s.flush()
-        photo_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         write_decisions(s, policy_id=record.id, run_id=run.id, names=names, photo_ids=photo_ids, arrays=arrays,
                         now=started)
+        refresh_scores(s, policy_id=record.id, photo_ids=refresh_ids, scores=refresh_scores_)
         run.finished_at = utcnow()
         return int(run.id)
+
+
+def as_stored(vectors: np.ndarray) -> np.ndarray:
+    """Vectors exactly as a later read of the catalog yields them (float16 storage, re-normalised), so
+    decisions made at ingest equal those of a rescan from the stored vectors."""
+    return l2_normalize(np.asarray(vectors, dtype=np.float32).astype(VECTOR_DTYPE).astype(np.float32))
 
 
 def decide_in_session(s: Session, photo_ids: np.ndarray, vectors: np.ndarray) -> int:
     """Apply the active policy to freshly encoded photos inside the caller's open transaction.
 
-    The hook for an index run (decisions commit or roll back with the vectors). Only photos
-    whose decision changes get a history row; returns how many did (0 without an active policy).
+    The hook for an index run (decisions commit or roll back with the vectors). Photos are scored
+    from their vectors as stored. Only photos whose decision changes get a history row; the others
+    get their stored scores refreshed. Returns how many changed (0 without an active policy).
     """
     row = s.scalar(select(ModerationPolicy).where(ModerationPolicy.active.is_(True)))
     if row is None or not len(photo_ids):
@@ -260,11 +381,14 @@ def decide_in_session(s: Session, photo_ids: np.ndarray, vectors: np.ndarray) ->
                                    f"vectors; got vectors of shape {vecs.shape}")
     order = np.argsort(np.asarray(photo_ids, np.int64), kind="stable")
     ids, vecs = np.asarray(photo_ids, np.int64)[order], vecs[order]
-    arrays = compiled.decide(vecs)
+    arrays = compiled.decide_scores(compiled.scores(as_stored(vecs)))
     hit, rev = concept_masks(arrays.levels)
     known, old_rank, old_hit, old_rev, foreign = _lookup(_current(s, compiled.names, ids), ids)
-    rows = np.flatnonzero(~known | foreign | (old_rank != arrays.outcome) | (old_hit != hit) | (old_rev != rev))
+    changed = ~known | foreign | (old_rank != arrays.outcome) | (old_hit != hit) | (old_rev != rev)
+    rows = np.flatnonzero(changed)
     if len(rows):
         write_decisions(s, policy_id=record.id, run_id=None, names=compiled.names, photo_ids=ids[rows],
                         arrays=_take(arrays, rows), now=utcnow())
+    same = np.flatnonzero(known & ~changed)
+    refresh_scores(s, policy_id=record.id, photo_ids=ids[same], scores=arrays.scores[same])
     return int(len(rows))

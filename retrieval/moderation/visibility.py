@@ -1,4 +1,4 @@
-"""What search may show: quarantined and blocked photos are hidden unless the caller asks for them.
+"""What search and tagging may show: quarantined and blocked photos are hidden unless the caller asks for them.
 
 The ``moderation=`` search filter is the way to ask: ``moderation=quarantine`` returns only
 quarantined photos, ``moderation=any`` (or ``all``) returns every photo whatever its decision.
@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, exists, or_, select, union
 
 from indexer.catalog_models import ModerationState, Photo, Tag
 from indexer.collection import Collection
+from indexer.errors import InputError
 
 from .policy import HIDDEN_ACTIONS, OUTCOMES
 
@@ -52,3 +53,22 @@ def hidden_ids(coll: Collection, filters: Any = None) -> np.ndarray:
     with coll.catalog.session() as s:
         ids = s.scalars(stmt).all()
     return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def visible_mask(coll: Collection, ids: np.ndarray, moderation: str | None = None) -> np.ndarray:
+    """Which of ``ids`` a listing (such as library tagging) includes.
+
+    Without ``moderation``: every photo but the quarantined and blocked ones. With it: the photos
+    that the search filter ``moderation=VALUE`` selects (``any`` or ``all``: every photo).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if moderation is None:
+        return ~np.isin(ids, hidden_ids(coll))
+    if not moderation.strip():
+        raise InputError(f"moderation value must not be empty; use one of {', '.join(OUTCOMES + SHOW_ALL)}")
+    condition = moderation_condition(moderation)
+    if condition is None:
+        return np.ones(len(ids), bool)
+    with coll.catalog.session() as s:
+        chosen = s.scalars(select(Photo.id).where(condition)).all()
+    return np.isin(ids, np.asarray(chosen, dtype=np.int64))

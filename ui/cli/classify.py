@@ -63,6 +63,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.all):
         raise InputError("give IMAGE paths or --all (the whole collection), not both or neither")
+    if args.moderation is not None and not args.all:
+        raise InputError("--moderation goes with --all (it chooses which catalogued photos are tagged)")
     labels = _labels(args)  # read once; fails fast on label errors before loading a model
     thresholds = _thresholds(args, labels) if args.multi_label else None
     settings = settings_from(args)
@@ -71,9 +73,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
         with coll:
             clf = _classifier(args, labels, encoder, coll.path / "zeroshot")
             taxonomy = args.taxonomy or "zeroshot"
-            result = tag_library(coll, clf, taxonomy, k=args.k, min_score=args.min_score, thresholds=thresholds)
+            result = tag_library(coll, clf, taxonomy, k=args.k, min_score=args.min_score, thresholds=thresholds,
+                                 moderation=args.moderation)
         emit(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
-             f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items()))
+             f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items())
+             + (f" ({r['skipped_by_moderation']} left out by moderation; --moderation any includes them)"
+                if r["skipped_by_moderation"] else ""))
         return 0
     encoder = load_chosen_encoder(settings)
     clf = _classifier(args, labels, encoder, None)
@@ -144,6 +149,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--thresholds-file", help="per-label thresholds for --multi-label: LABEL<TAB>THRESHOLD lines")
     p.add_argument("--min-score", type=float, default=0.0, help="with --all: store only labels with this probability")
     p.add_argument("--taxonomy", help="with --all: name under which tags are stored (replaces earlier ones)")
+    p.add_argument("--moderation", metavar="VALUE",
+                   help="with --all: tag only photos the search filter moderation=VALUE selects (allow, review, "
+                        "flag, quarantine, block; any = every photo); by default quarantined and blocked are skipped")
     add_common(p)
     add_model_args(p)
     p.set_defaults(func=cmd_classify)

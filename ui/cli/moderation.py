@@ -194,7 +194,8 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         lines = []
         for r in rs:
             lines.append(f"#{r['photo_id']}  {r['action']}  hits: {','.join(r['hits']) or '-'}  "
-                         f"review: {','.join(r['review']) or '-'}  [{r['policy']} v{r['version']}]  {r['created_at']}")
+                         f"review: {','.join(r['review']) or '-'}  [{r['policy']} v{r['version']}]  {r['created_at']}"
+                         + (f"  (photo deleted; sha256 {r['photo_sha256']})" if r.get("photo_deleted") else ""))
             for h in r["history"]:
                 lines.append(f"    {h['created_at']}  {h['action']}  [{h['policy']} v{h['version']}]"
                              + ("  (current)" if h["current"] else ""))

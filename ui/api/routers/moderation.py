@@ -211,6 +211,7 @@ class StoredDecisionOut(BaseModel):
 
     id: int
     photo_id: int
+    photo_sha256: str = Field(description="identifies the photo even after it is deleted (its id may be reused)")
     action: Outcome
     hits: list[str]
     review: list[str]
@@ -221,6 +222,7 @@ class StoredDecisionOut(BaseModel):
     run_id: int | None
     created_at: str
     current: bool
+    photo_deleted: bool = Field(False, description="the photo left the catalog; its history is kept")
     history: list[StoredDecisionOut] = Field(default_factory=list, description="with history=true, oldest first")
 
 
@@ -249,6 +251,8 @@ class RescanReportOut(BaseModel):
     changes: dict[str, int] = Field(description="'allow -> quarantine': count, for changing photos")
     changed_by_concept: dict[str, int]
     examples: dict[str, list[int]] = Field(description="a few photo ids per change and concept")
+    rescored: int = Field(0, description="photos scored from their stored vectors; the others were re-decided "
+                                         "from their stored scores (prompts unchanged)")
     run_id: int | None
     seconds: float
 
