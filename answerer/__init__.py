@@ -7,4 +7,6 @@ Modules:
     rag         Answerer: question → retrieval → answer → citations (joint / per-photo strategies)
     streaming   TextIteratorStreamer: answer text as it is generated, equal to the non-streamed text
     rerank      re-rank search results by the VLM's P(yes) to "Does this photo show {query}?"
+    preprocess  batch preprocessing without the processor's per-call waste, checked against the processor
+    captions    `photodex caption --all`: caption the collection and store the captions (resumable, locked)
 """

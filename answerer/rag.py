@@ -28,6 +28,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from indexer.errors import InputError
+from retrieval.moderation.visibility import hidden_ids
 from retrieval.search.filters import SearchFilters
 from retrieval.search.searcher import (
     DEFAULT_COLLAPSE,
@@ -49,6 +50,7 @@ __all__ = [
     "AskResult",
     "AskStream",
     "Citation",
+    "HiddenPhotoError",
     "PhotoAnswer",
     "Retrieved",
     "choose_strategy",
@@ -283,11 +285,25 @@ class Answerer:
 
     # ---- steps ---------------------------------------------------------------------------
     def retrieve(self, question: str, options: AskOptions) -> list[SearchHit]:
-        if len(self.searcher.coll.vector_ids()) == 0:
-            raise InputError("the collection has no indexed photos; run `photodex index` first")
         query = options.query or retrieval_query(question)
-        return self.searcher.search_text(query, SearchOptions(k=options.k, filters=options.filters,
+        hits = self.searcher.search_text(query, SearchOptions(k=options.k, filters=options.filters,
                                                               collapse=options.collapse))
+        if not hits and not self._has_vectors():  # checked only then: it is not free on a large catalog
+            raise InputError("the collection has no indexed photos; run `photodex index` first")
+        return hits
+
+    def _has_vectors(self) -> bool:
+        from sqlalchemy import select
+
+        from indexer.catalog_models import Embedding
+
+        with self.searcher.coll.catalog.session() as s:
+            return s.scalar(select(Embedding.photo_id).limit(1)) is not None
+
+    def decode_side(self, options: AskOptions) -> int:
+        """Size to decode photos at (JPEG draft): the VLM's fixed input side when it has one, else the budget's."""
+        side = self.vlm.input_side
+        return min(options.budget.max_image_side, side) if side else options.budget.max_image_side
 
     def _load(self, hits: list[SearchHit], max_side: int) -> tuple[list[tuple[SearchHit, Image.Image]], list[Dropped]]:
         loaded, dropped = [], []
@@ -324,7 +340,7 @@ class Answerer:
             relevant, over = select(relevant, options.budget.max_images)
             result.dropped += [Dropped(h.id, "max_images") for h in over]
         t1 = time.perf_counter()
-        photos, unreadable = self._load(relevant, options.budget.max_image_side)
+        photos, unreadable = self._load(relevant, self.decode_side(options))
         result.dropped += unreadable
         timings["images_s"] = time.perf_counter() - t1
         if not photos:
@@ -395,8 +411,8 @@ class Answerer:
         question = _clean_question(question)
         options.validate()
         t0 = time.perf_counter()
-        hit = photo_hit(self.searcher, photo_id)
-        img = self.image_loader(hit, options.budget.max_image_side)
+        hit = photo_hit(self.searcher, photo_id, options.filters)
+        img = self.image_loader(hit, self.decode_side(options))
         result = AskResult(question, "", "single", self.vlm.model_id_or_path,
                            retrieved=[Retrieved(hit.id, 1.0, hit.paths[0] if hit.paths else None)], shown=[hit.id])
         prepared = self.vlm.prepare([Request.question([img], question)], options.budget)
@@ -412,11 +428,22 @@ class Answerer:
         return result
 
 
-def photo_hit(searcher: Searcher, photo_id: int) -> SearchHit:
-    """A :class:`SearchHit` (paths and metadata) for one catalogued photo id."""
+class HiddenPhotoError(InputError):
+    """A quarantined or blocked photo was asked about without asking for moderated photos."""
+
+
+def photo_hit(searcher: Searcher, photo_id: int, filters: SearchFilters | None = None) -> SearchHit:
+    """A :class:`SearchHit` (paths and metadata) for one catalogued photo id.
+
+    A photo that moderation hides from search (quarantined or blocked) is refused with
+    :class:`HiddenPhotoError` unless ``filters`` name a moderation value, as search's do."""
     hits = searcher._hydrate([(int(photo_id), 1.0, [])])
     if not hits or not hits[0].paths:
         raise InputError(f"photo id {photo_id} is not in the collection")
+    if int(photo_id) in set(hidden_ids(searcher.coll, filters).tolist()):
+        raise HiddenPhotoError(
+            f"photo #{photo_id} is quarantined or blocked by moderation; to use it anyway pass "
+            "--filter moderation=any (API: \"moderation\": \"any\")")
     return hits[0]
 
 

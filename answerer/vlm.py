@@ -26,8 +26,8 @@ from .budget import (
     check_context,
     count_image_tokens,
     processor_kwargs,
-    shrink,
 )
+from .preprocess import CACHE_ENTRIES, Preprocessor, fit, fixed_input_side
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class VLM:
         self.dtype = dtype
         self.model: Any = None
         self.processor: Any = None
+        self._rendered: dict[tuple[tuple[str, str], ...], str] = {}
+        self._preprocessor = Preprocessor(self)
         self._lock = threading.Lock()
         self.run_lock = threading.RLock()  # one generate/forward at a time on this model
 
@@ -216,19 +218,37 @@ class VLM:
         """Chat-template prompt with ``n_images`` image items followed by ``question``."""
         return self.render(Request.question([None] * n_images, question).content)  # type: ignore[list-item]
 
+    def render_cached(self, content: list[dict[str, str]]) -> str:
+        """:meth:`render`, memoised per content (per-photo prompts repeat the same text)."""
+        key = tuple((item["type"], item.get("text", "")) for item in content)
+        text = self._rendered.get(key)
+        if text is None:
+            text = self.render(content)
+            if len(self._rendered) >= CACHE_ENTRIES:
+                self._rendered.clear()
+            self._rendered[key] = text
+        return text
+
+    @property
+    def input_side(self) -> int | None:
+        """The square side a fixed-size image processor produces (shortest-edge resize + centre crop), else None."""
+        self.load()
+        return fixed_input_side(getattr(self.processor, "image_processor", None))
+
     def prepare(self, requests: Sequence[Request], budget: ImageBudget | None = None) -> Prepared:
-        """Shrink images, render prompts and run the processor on a (left-padded) batch."""
+        """Shrink images, render prompts and run the processor on a (left-padded) batch.
+
+        Images are brought once to the processor's input size when it is fixed (no second resize);
+        the processor's text part is memoised per (prompt, image sizes) and image preprocessing runs
+        once per batch (see :mod:`answerer.preprocess`), checked once per model against the processor."""
         budget = (budget or ImageBudget()).validate()
         self.load()
-        prompts = [self.render(r.content) for r in requests]
-        images = [[shrink(im.convert("RGB"), budget.max_image_side) for im in r.images] for r in requests]
+        prompts = [self.render_cached(r.content) for r in requests]
+        side = self.input_side
+        images = [[fit(im, budget.max_image_side, side) for im in r.images] for r in requests]
         n_images = [len(x) for x in images]
         kwargs = processor_kwargs(self.model_type, max(n_images, default=0), budget)
-        image_arg: Any = None
-        if any(n_images):
-            image_arg = images if len(requests) > 1 else images[0]
-        inputs = self.processor(images=image_arg, text=prompts if len(prompts) > 1 else prompts[0],
-                                return_tensors="pt", padding=True, **kwargs)
+        inputs = self._preprocessor.run(prompts, images, kwargs)
         inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in dict(inputs).items()}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

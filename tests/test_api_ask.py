@@ -264,3 +264,52 @@ def test_openapi_documents_ask_with_named_schemas_and_the_event_stream(client):
     assert {"503", "422", "404"} <= set(op["responses"])
     named = {"AskRequest", "AskResponse", "CitationOut", "DroppedOut", "RetrievedOut", "PhotoAnswerOut"}
     assert named <= set(doc["components"]["schemas"])
+
+
+def test_a_quarantined_photo_is_refused_unless_moderation_is_given(client, answerer, settings):
+    from indexer.catalog_models import Tag
+
+    coll = answerer.searcher.coll
+    pid = answerer.searcher.search_text("a photo of a red circle", SearchOptions(k=1))[0].id
+    with coll.catalog.session() as s, s.begin():
+        s.add(Tag(photo_id=pid, taxonomy="moderation", label="quarantine", score=1.0, manual=True))
+    try:
+        body = {"question": "what colour is the object?", "photo_id": pid}
+        for headers in ({}, SSE):
+            err = assert_error(client.post(f"{API}/ask", json=body, headers=headers), 422, "invalid_input")
+            assert "quarantined or blocked" in err["message"]
+        got = client.post(f"{API}/ask", json={**body, "moderation": "any"})
+        assert got.status_code == 200, got.text
+        direct = answerer.ask_photo(pid, body["question"],
+                                    _options(settings, filters=parse_filters(["moderation=any"]))).to_dict()
+        assert _untimed(got.json()) == _untimed(direct)
+        text, final, _ = _stream(client, {**body, "moderation": "quarantine"})
+        assert text == final["answer"] == got.json()["answer"]
+        assert_error(client.post(f"{API}/ask", json={"question": "is there a skull?", "moderation": "any"}), 422)
+    finally:
+        with coll.catalog.session() as s, s.begin():
+            s.query(Tag).filter(Tag.photo_id == pid, Tag.taxonomy == "moderation").delete()
+
+
+def test_search_with_caption_weight_is_hybrid(client, answerer):
+    from datetime import datetime
+
+    from indexer.catalog_models import PhotoCaption
+
+    coll = answerer.searcher.coll
+    ranked = answerer.searcher.search_text("a photo of a green triangle", SearchOptions(k=500, collapse=None))
+    last = ranked[-1].id
+    with coll.catalog.session() as s, s.begin():
+        s.add(PhotoCaption(photo_id=last, caption="a green triangle", model="test", created_at=datetime.now()))
+    try:
+        body = {"text": "a photo of a green triangle", "k": 3, "collapse": None}
+        plain = client.post(f"{API}/search", json=body).json()["results"]
+        assert last not in [h["id"] for h in plain] and plain[0]["caption_score"] is None
+        hybrid = client.post(f"{API}/search", json={**body, "caption_weight": 3.0}).json()["results"]
+        assert hybrid[0]["id"] == last and hybrid[0]["caption"] == "a green triangle"
+        assert hybrid[0]["score"] == pytest.approx(hybrid[0]["clip_score"] + 3.0 * hybrid[0]["caption_score"])
+        assert [h["id"] for h in hybrid[1:]] == [h["id"] for h in plain[:2]]  # no other photo has a caption
+        assert_error(client.post(f"{API}/search", json={**body, "caption_weight": -1}), 422)
+    finally:
+        with coll.catalog.session() as s, s.begin():
+            s.delete(s.get(PhotoCaption, last))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COLLAPSE = 0.95
 MAX_K = 10_000
+DEFAULT_CAPTION_WEIGHT = 0.1  # about the spread of CLIP cosines among a real model's top results
+MAX_CAPTION_WEIGHT = 10.0
 MAX_FETCH_GROWTH = 3  # extra over-fetch rounds (x2 to x4 each) when collapse or filters thin the results
 
 
@@ -83,6 +86,15 @@ class SearchHit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class HybridHit(SearchHit):
+    """A hybrid text-search result: ``score = clip_score + caption_weight x caption_score``."""
+
+    clip_score: float = 0.0
+    caption_score: float = 0.0  # normalised BM25 match of the stored caption, in [0, 1]
+    caption: str | None = None
 
 
 class TextEncoder(Protocol):
@@ -159,11 +171,7 @@ class Searcher:
         """Top results for a unit query vector after filters, threshold, collapse and pagination."""
         options = (options or SearchOptions()).validate()
         index = open_index(self.coll)
-        allowed = allowed_ids(self.coll, options.filters)
-        excluded = np.union1d(np.asarray(options.exclude_ids, np.int64), hidden_ids(self.coll, options.filters))
-        if len(excluded):  # moderation: quarantined/blocked photos unless the filters ask for them
-            base = allowed if allowed is not None else index.ids
-            allowed = np.setdiff1d(base, excluded)
+        allowed = self._allowed(index, options)
         if allowed is not None and len(allowed) == 0:
             return []
         available = len(index) if allowed is None else len(allowed)
@@ -187,6 +195,64 @@ class Searcher:
         page = groups[options.offset: want]
         score_of = dict(zip(hits_ids.tolist(), hits_scores.tolist()))
         return self._hydrate([(g[0], score_of[g[0]], g[1:]) for g in page])
+
+    def search_hybrid(self, text: str, options: SearchOptions | None = None,
+                      caption_weight: float = DEFAULT_CAPTION_WEIGHT) -> list[HybridHit]:
+        """Text search scored ``CLIP cosine + caption_weight x caption match`` (see :mod:`.captions`).
+
+        Candidates are CLIP's top ``max(4 (offset + k), offset + k + 64)`` results and as many best
+        caption matches (ties by photo id), so a photo whose caption matches can enter even if CLIP
+        did not retrieve it; a photo in neither pool is not ranked. Filters, moderation,
+        ``min_score`` (on the hybrid score), collapse and pagination apply as in :meth:`search_vector`."""
+        from .captions import caption_index, caption_matches, captions_of
+
+        options = (options or SearchOptions()).validate()
+        if not (math.isfinite(caption_weight) and 0.0 <= caption_weight <= MAX_CAPTION_WEIGHT):
+            raise SearchError(f"caption weight must be between 0 and {MAX_CAPTION_WEIGHT}, got {caption_weight}")
+        captions = caption_index(self.coll)
+        if len(captions) == 0:
+            log.warning("no captions are stored: hybrid search ranks by CLIP alone (run `photodex caption --all`)")
+        query = self.text_vector(text)
+        index = open_index(self.coll)
+        allowed = self._allowed(index, options)
+        if allowed is not None and len(allowed) == 0:
+            return []
+        available = len(index) if allowed is None else len(allowed)
+        want = options.offset + options.k
+        pool = min(available, max(4 * want, want + 64))
+        scores, ids = index.search(query[None, :], pool, params=options.params, allowed_ids=allowed)
+        keep = ids[0] >= 0
+        clip = dict(zip(ids[0][keep].tolist(), scores[0][keep].tolist()))
+        cap_ids, cap_scores = caption_matches(self.coll, text, allowed if allowed is not None else index.ids, pool,
+                                              index=captions)
+        caption = dict(zip(cap_ids.tolist(), cap_scores.tolist()))
+        missing = np.asarray([i for i in caption if i not in clip], np.int64)
+        if len(missing):  # caption matches CLIP did not retrieve: their exact cosine
+            clip.update(zip(missing.tolist(), (index.vectors(missing) @ query).tolist()))
+        cand = np.asarray(sorted(clip), np.int64)
+        clip_s = np.asarray([clip[i] for i in cand.tolist()], np.float64)
+        cap_s = np.asarray([caption.get(i, 0.0) for i in cand.tolist()], np.float64)
+        total = clip_s + caption_weight * cap_s
+        order = np.lexsort((cand, -total))
+        cand, clip_s, cap_s, total = cand[order], clip_s[order], cap_s[order], total[order]
+        if options.min_score is not None:
+            above = total >= options.min_score
+            cand, clip_s, cap_s, total = cand[above], clip_s[above], cap_s[above], total[above]
+        page = self._collapse(index, cand, options.collapse)[options.offset: want]
+        at = {int(i): n for n, i in enumerate(cand.tolist())}
+        hits = self._hydrate([(g[0], float(total[at[g[0]]]), g[1:]) for g in page])
+        texts = captions_of(self.coll, [h.id for h in hits])
+        return [HybridHit(**asdict(h), clip_score=float(clip_s[at[h.id]]), caption_score=float(cap_s[at[h.id]]),
+                          caption=texts.get(h.id)) for h in hits]
+
+    def _allowed(self, index: SearchableIndex, options: SearchOptions) -> np.ndarray | None:
+        """Ids a search may return (filters, minus moderation-hidden and excluded ids); None: all."""
+        allowed = allowed_ids(self.coll, options.filters)
+        excluded = np.union1d(np.asarray(options.exclude_ids, np.int64), hidden_ids(self.coll, options.filters))
+        if len(excluded):  # moderation: quarantined/blocked photos unless the filters ask for them
+            base = allowed if allowed is not None else index.ids
+            allowed = np.setdiff1d(base, excluded)
+        return allowed
 
     def _collapse(self, index: SearchableIndex, ids: np.ndarray, threshold: float | None) -> list[list[int]]:
         if threshold is None or len(ids) < 2:

@@ -61,6 +61,9 @@ class SearchRequest(_Request):
                                    description="near-duplicate cosine threshold; null turns collapse off")
     filters: SearchFiltersIn | None = None
     params: SearchParamsIn | None = None
+    caption_weight: float | None = Field(default=None, ge=0.0, le=10.0, description=(
+        "hybrid search: score = CLIP cosine + caption_weight x caption match (BM25 over stored VLM captions, "
+        "in [0, 1]); omitted or null: CLIP only"))
 
 
 class SearchHitOut(BaseModel):
@@ -76,6 +79,9 @@ class SearchHitOut(BaseModel):
     gps: tuple[float, float] | None = None
     tags: list[str] = Field(default_factory=list)
     duplicates: list[int] = Field(default_factory=list, description="ids of collapsed near-duplicates")
+    clip_score: float | None = Field(default=None, description="hybrid search only: the CLIP cosine")
+    caption_score: float | None = Field(default=None, description="hybrid search only: the caption match in [0, 1]")
+    caption: str | None = Field(default=None, description="hybrid search only: the stored caption, if any")
 
 
 class SearchResponse(BaseModel):

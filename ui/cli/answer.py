@@ -97,10 +97,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     from answerer.budget import shrink
+    from retrieval.search.filters import parse_filters
 
-    if (args.image is None) == (args.id is None):
-        raise InputError("give either an IMAGE path or --id ID")
+    if sum((args.image is not None, args.id is not None, args.all)) != 1:
+        raise InputError("give one of: an IMAGE path, --id ID or --all")
+    if not args.all and (args.overwrite or args.caption_batch is not None):
+        raise InputError("--overwrite and --batch-size go with --all")
+    if args.image is not None and args.filter:
+        raise InputError("--filter goes with --id or --all, not with an image file")
+    filters = parse_filters(args.filter or [])
     settings = _settings(args)
+    if args.all:
+        return _caption_all(args, settings, filters)
     prompt = args.prompt or settings.vlm_caption_prompt
     if args.image is not None:
         from indexer.decode import decode_photo
@@ -119,7 +127,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
         coll, searcher = _searcher(settings)
         with coll:
-            hit = photo_hit(searcher, args.id)
+            hit = photo_hit(searcher, args.id, filters)
         img = load_photo(hit, settings.vlm_max_image_side)
         source = {"path": hit.paths[0], "id": hit.id}
     vlm = _vlm(settings)
@@ -127,6 +135,37 @@ def cmd_caption(args: argparse.Namespace) -> int:
                       max_new_tokens=args.max_new_tokens or settings.vlm_max_new_tokens, budget=_budget(settings))
     emit({**source, "caption": text, "model": settings.vlm}, args.json, lambda d: d["caption"])
     return EXIT_OK
+
+
+def _caption_all(args: argparse.Namespace, settings: Settings, filters: Any) -> int:
+    from answerer.captions import CaptionOptions, caption_collection
+    from ui.progress import TqdmProgress
+
+    from .common import open_collection
+
+    options = CaptionOptions(
+        prompt=args.prompt or settings.vlm_caption_prompt,
+        batch_size=8 if args.caption_batch is None else args.caption_batch,
+        max_new_tokens=args.max_new_tokens or min(settings.vlm_max_new_tokens, 48), overwrite=args.overwrite,
+        filters=filters, budget=_budget(settings), wait=args.wait).validate()  # before any model loads
+    vlm = _vlm(settings)
+    with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait) as lock:
+        progress = TqdmProgress(enabled=None if not args.json else False)
+        try:
+            summary = caption_collection(coll, vlm, options, progress, lock=lock)
+        finally:
+            progress.close()
+    emit(summary.to_dict(), args.json, _caption_all_text)
+    return EXIT_OK
+
+
+def _caption_all_text(d: dict[str, Any]) -> str:
+    lines = [f"captioned {d['captioned']} of {d['candidates']} photos in {d['seconds']:.1f}s "
+             f"({d['photos_per_second']:.1f} photos/s after {d['model_load_seconds']:.1f}s loading the model) "
+             f"with {d['model']}; skipped {d['already_captioned']} "
+             f"already captioned, {d['hidden']} quarantined/blocked, {len(d['failed'])} unreadable"]
+    lines += [f"  #{f['id']}: {printable(f['reason'])}" for f in d["failed"]]
+    return "\n".join(lines)
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
@@ -181,12 +220,12 @@ def cmd_eval_pope(args: argparse.Namespace) -> int:
 
     from answerer.pope import evaluate_pope, read_pope, resolve_images
 
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.pope_batch < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.pope_batch}")
     settings = _settings(args)
     items = read_pope(args.file)  # fails fast on a bad file, before any model loads
     images = resolve_images(items, args.image_root, _photo_paths(settings), base=Path(args.file).parent)
-    report = evaluate_pope(_vlm(settings), items, images, batch_size=args.batch_size,
+    report = evaluate_pope(_vlm(settings), items, images, batch_size=args.pope_batch,
                            max_new_tokens=args.max_new_tokens or 8, budget=_budget(settings), file=args.file)
     data = report.to_dict()
     if not args.answers:
@@ -210,7 +249,8 @@ def register_pope(ev: Subparsers) -> None:
     p = ev.add_parser("pope", help="POPE object-hallucination yes/no evaluation of the VLM")
     p.add_argument("file", help="POPE JSON lines: image (path or photo id), text (yes/no question), label")
     p.add_argument("--image-root", help="folder that relative image paths are under (default: the file's folder)")
-    p.add_argument("--batch-size", type=int, default=16, help="questions per generate (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, dest="pope_batch",  # not the encoder's --batch-size setting
+                   help="questions per generate (default 16)")
     p.add_argument("--answers", action="store_true", help="with --json: include every per-question answer")
     _vlm_args(p)
     add_common(p)
@@ -229,7 +269,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("question")
     p.add_argument("--id", type=int, help="ask about this one photo instead of retrieving")
     p.add_argument("-k", type=int, default=5, help="photos to retrieve (default 5)")
-    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="search filters, as for `photodex search`")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="search filters, as for `photodex search` "
+                   "(with --id: moderation=any lets you ask about a quarantined/blocked photo)")
     p.add_argument("--strategy", choices=STRATEGIES, help="joint (one multi-image prompt) or per-photo "
                    "(default: $PHOTODEX_VLM_STRATEGY, auto = by model)")
     p.add_argument("--min-relevance", type=float, help="CLIP score below which a photo counts as not relevant")
@@ -240,9 +281,18 @@ def register(sub: Subparsers) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("caption", help="describe one image file or catalogued photo with the VLM")
+    p = sub.add_parser("caption", help="describe an image file or catalogued photo with the VLM, or caption "
+                       "the whole collection (--all) for hybrid search")
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("--id", type=int, help="id of a photo in the collection")
+    p.add_argument("--all", action="store_true", help="caption every indexed photo and store the captions "
+                   "(resumable: photos captioned by the same model are skipped)")
+    p.add_argument("--overwrite", action="store_true", help="with --all: caption again photos that have a caption")
+    p.add_argument("--batch-size", type=int, dest="caption_batch", help="with --all: photos per generate (default 8)")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="with --all: which photos (search filters); moderation=any includes quarantined/blocked "
+                   "photos (also needed to caption one with --id)")
+    p.add_argument("--wait", action="store_true", help="with --all: wait for the writer lock instead of exiting")
     p.add_argument("--prompt", help="instruction (default: $PHOTODEX_VLM_CAPTION_PROMPT)")
     _vlm_args(p)
     add_common(p)

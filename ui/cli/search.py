@@ -14,6 +14,7 @@ from ui.output import emit, printable
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
 
 DEFAULT_COLLAPSE = 0.95  # retrieval.search.searcher.DEFAULT_COLLAPSE, repeated so --help imports nothing heavy
+DEFAULT_CAPTION_WEIGHT = 0.1  # retrieval.search.searcher.DEFAULT_CAPTION_WEIGHT, likewise
 
 
 def _hits_text(hits: list[dict[str, Any]]) -> str:
@@ -23,6 +24,8 @@ def _hits_text(hits: list[dict[str, Any]]) -> str:
     for rank, h in enumerate(hits, 1):
         extra = f"  (+{len(h['duplicates'])} near-duplicates)" if h["duplicates"] else ""
         path = printable(h["paths"][0]) if h["paths"] else "?"
+        if "caption_score" in h:
+            extra += f"  (clip {h['clip_score']:.4f}, caption {h['caption_score']:.2f}: {h['caption'] or '-'})"
         lines.append(f"{rank:3d}. {h['score']:.4f}  #{h['id']}  {path}{extra}")
     return "\n".join(lines)
 
@@ -66,10 +69,15 @@ def _run_search(args: argparse.Namespace, do: Callable[[Any, Any], list[Any]], t
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.rerank and (args.captions or args.caption_weight is not None):
+        raise InputError("--rerank and --captions cannot be combined")
     if args.rerank:
         from .answer import cmd_rerank
 
         return cmd_rerank(args)
+    if args.captions or args.caption_weight is not None:
+        weight = DEFAULT_CAPTION_WEIGHT if args.caption_weight is None else args.caption_weight
+        return _run_search(args, lambda s, o: s.search_hybrid(args.text, o, caption_weight=weight), text_only=True)
     return _run_search(args, lambda s, o: s.search_text(args.text, o), text_only=True)
 
 
@@ -105,6 +113,10 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--rerank", action="store_true", help="re-score the top --rerank-k results with the VLM")
     p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
     p.add_argument("--vlm", help="VLM Hub id or local folder (default: $PHOTODEX_VLM)")
+    p.add_argument("--captions", action="store_true",
+                   help="hybrid score: CLIP cosine + W x caption match (BM25 over `photodex caption --all` captions)")
+    p.add_argument("--caption-weight", type=_finite("--caption-weight"), metavar="W",
+                   help=f"weight W of the caption match, in [0, 10] (default {DEFAULT_CAPTION_WEIGHT}; implies --captions)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id")

@@ -32,7 +32,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from answerer.budget import ImageBudget
-from answerer.rag import Answerer, AskOptions, AskResult, AskStream
+from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
 from indexer.errors import InputError
 from indexer.settings import Settings
@@ -71,6 +71,9 @@ class AskRequest(BaseModel):
     min_relevance: float | None = Field(default=None, ge=-1.0, le=1.0, description=(
         "CLIP score a photo needs to be looked at; omitted: PHOTODEX_VLM_MIN_RELEVANCE, null: always answer"))
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192, description="default: PHOTODEX_VLM_MAX_NEW_TOKENS")
+    moderation: str | None = Field(default=None, min_length=1, max_length=64, description=(
+        "with photo_id: a quarantined or blocked photo is refused (400) unless this names a moderation value "
+        "(\"any\", or its action), as the search filter does; for retrieval use filters.moderation"))
 
     @model_validator(mode="after")
     def _photo_or_retrieval(self) -> AskRequest:
@@ -78,6 +81,8 @@ class AskRequest(BaseModel):
             given = sorted(set(_RETRIEVAL_FIELDS) & self.model_fields_set)
             if given:
                 raise ValueError(f"{', '.join(given)} apply to retrieval; a question about photo_id takes none")
+        elif self.moderation is not None:
+            raise ValueError("moderation goes with photo_id; for retrieval use filters.moderation")
         return self
 
 
@@ -152,8 +157,11 @@ def _load(vlm: VLM) -> None:
 def _options(body: AskRequest, settings: Settings) -> AskOptions:
     """The request's options over the settings' defaults (validated before any model loads)."""
     given = body.model_fields_set
+    filters = filters_from(body.filters)
+    if body.moderation is not None:
+        filters = filters_from(SearchFiltersIn(moderation=body.moderation))
     return AskOptions(
-        k=body.k, filters=filters_from(body.filters), strategy=body.strategy or settings.vlm_strategy,
+        k=body.k, filters=filters, strategy=body.strategy or settings.vlm_strategy,
         min_relevance=body.min_relevance if "min_relevance" in given else settings.vlm_min_relevance,
         max_new_tokens=body.max_new_tokens or settings.vlm_max_new_tokens,
         budget=ImageBudget(settings.vlm_max_images, settings.vlm_max_image_side, settings.vlm_max_image_tokens),
@@ -264,6 +272,7 @@ def ask(body: AskRequest, request: Request, runtime: RuntimeDep, vlm: VLMDep) ->
     options = _options(body, runtime.settings)
     if body.photo_id is not None:
         _require_photo(runtime, body.photo_id)
+        photo_hit(runtime.searcher, body.photo_id, options.filters)  # hidden by moderation: 400 before the VLM loads
     _load(vlm)
     answerer = Answerer(runtime.searcher, vlm)
     lock = vlm_work_lock(vlm)

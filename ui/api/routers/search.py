@@ -65,6 +65,11 @@ def search(body: SearchRequest, runtime: RuntimeDep) -> SearchResponse:
     params = SearchParams(nprobe=body.params.nprobe, ef_search=body.params.ef_search) if body.params else None
     options = SearchOptions(k=body.k, offset=body.offset, min_score=body.min_score, filters=filters_from(body.filters),
                             collapse=body.collapse, params=params).validate()
+    if body.caption_weight is not None:
+        start = time.perf_counter()
+        hits = runtime.searcher.search_hybrid(body.text, options, caption_weight=body.caption_weight)
+        runtime.metrics.search.observe(time.perf_counter() - start)
+        return _response(hits, options)
     return _respond(runtime, runtime.searcher.text_vector(body.text), options)
 
 
