@@ -88,9 +88,9 @@ _REVISION_LINE = re.compile(r"^(down_revision|revision)\s*=\s*['\"]?([\w.-]+|Non
 
 
 @functools.lru_cache(maxsize=1)
-def head_revision() -> str | None:
-    """The newest schema revision shipped with this photodex (read from the migration files, without
-    importing alembic, so a read-only command opens its catalog quickly)."""
+def _revisions() -> tuple[frozenset[str], str]:
+    """(every schema revision shipped with this photodex, the newest one), read from the migration files
+    without importing alembic, so a read-only command opens its catalog quickly."""
     revisions, parents = set(), set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
         found = dict((k, v) for k, v in _REVISION_LINE.findall(path.read_text()))
@@ -100,14 +100,29 @@ def head_revision() -> str | None:
     heads = revisions - parents
     if len(heads) != 1:
         raise CollectionError(f"migrations have {len(heads)} heads {sorted(heads)}; this install is broken")
-    return heads.pop()
+    return frozenset(revisions), heads.pop()
+
+
+def head_revision() -> str | None:
+    """The newest schema revision shipped with this photodex."""
+    return _revisions()[1]
+
+
+def _refuse_unknown_revision(rev: str | None, where: str) -> None:
+    """A catalog written by a newer photodex has a revision this one does not know: say so, change nothing."""
+    if rev is not None and rev not in _revisions()[0]:
+        raise CollectionError(f"catalog {where} has schema revision {rev}, newer than this photodex knows "
+                              f"(newest: {head_revision()}); it was written by a newer photodex: upgrade photodex "
+                              "to open it")
 
 
 def upgrade(engine: Engine) -> None:
     """Bring the catalog schema to the newest revision (idempotent; a cheap check when current)."""
     try:
-        if current_revision(engine) == head_revision():
+        rev = current_revision(engine)
+        if rev == head_revision():
             return
+        _refuse_unknown_revision(rev, engine.url.render_as_string(hide_password=True))
         from alembic import command
 
         with _upgrade_lock, engine.begin() as conn:
@@ -162,6 +177,7 @@ class Catalog:
                     raise CollectionError(f"cannot open catalog {path} read-only: {str(exc).splitlines()[0]}") from exc
                 continue
             if rev != head:
+                _refuse_unknown_revision(rev, path)
                 raise CollectionError(f"catalog {path} is read-only and needs a schema upgrade ({rev} -> {head}); "
                                       "open it once with write access")
             log.info("catalog %s opened read-only%s", path, " (immutable)" if immutable else "")
