@@ -183,7 +183,8 @@ class ClipBpeTokenizer:
 
         with gzip.open(merges_path, "rt", encoding="utf-8") as fh:
             merges = fh.read().split("\n")[1:1 + n_merges]  # "first second" per line
-        if len(merges) != n_merges or any(m.count(" ") != 1 or m[0] == " " or m[-1] == " " for m in merges):
+        # one space per merge line, checked in C (the file's sha256 is checked by the loader as well)
+        if len(merges) != n_merges or "\n".join(merges).count(" ") != n_merges or "" in merges:
             raise TextTowerCorruptError(f"{merges_path}: expected {n_merges} BPE merges")
         self.byte_encoder = _bytes_to_unicode()
         # The same tables as SimpleTokenizer (vocab = bytes, bytes + </w>, merges joined, special tokens; a later
