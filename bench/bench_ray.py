@@ -1,6 +1,7 @@
 """Scale-out figures: the Ray engine against the local engine, and sharded against single-index search.
 
     python bench/bench_ray.py --part index --n 500           # 12 MP JPEGs, random-init ViT-B-32, photos/s
+    python bench/bench_ray.py --part index --n 200 --pending-chunk 50   # the cost of windowing the pending list
     python bench/bench_ray.py --part search --search-n 1000000 --shards 4 [--ivf] [--ray-shards]
     python bench/bench_ray.py --part sizes --sizes-n 200000   # catalog and index bytes per photo
     python bench/bench_ray.py --part gpu --n 500             # CUDA hosts only: nvJPEG vs CPU decode, GPU actor
@@ -52,9 +53,11 @@ def bench_index(args: argparse.Namespace) -> None:
     cluster_s = time.perf_counter() - t
     print(f"ray {ray.__version__}: local cluster started in {cluster_s:.1f}s ({ray.cluster_resources().get('CPU')} CPUs)")
     ray_opts = RayOptions(actors=args.ray_actors, torch_threads=args.ray_torch_threads or None,
-                          cpus_per_worker=args.ray_actor_cpus, decode_cpus=args.ray_decode_cpus)
+                          cpus_per_worker=args.ray_actor_cpus, decode_cpus=args.ray_decode_cpus,
+                          **({"pending_chunk": args.pending_chunk} if args.pending_chunk else {}))
     print(f"ray engine: {ray_opts.actors or 'default'} encode actor(s) x {ray_opts.cpus_per_worker} CPU, torch threads "
-          f"{ray_opts.torch_threads or 'engine default'}, decode tasks x {ray_opts.decode_cpus} CPU; "
+          f"{ray_opts.torch_threads or 'engine default'}, decode tasks x {ray_opts.decode_cpus} CPU, "
+          f"windows of {ray_opts.pending_chunk} pending photos; "
           f"local engine: {args.workers} decode worker(s)")
     results: dict[str, list[tuple[float, float, float]]] = {"local": [], "ray": []}
     work = Path(tempfile.mkdtemp(prefix="photodex-bench-ray-"))
@@ -354,6 +357,8 @@ def main() -> None:
     ap.add_argument("--ray-decode-cpus", type=float, default=1.0)
     ap.add_argument("--ray-torch-threads", type=int, default=None,
                     help="torch threads per actor (default: the engine's: all cores of the host for a CPU actor)")
+    ap.add_argument("--pending-chunk", type=int, default=None,
+                    help="Ray engine: pending photos per window/pipeline (default: the engine's, 200,000)")
     ap.add_argument("--search-n", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--queries", type=int, default=1000)

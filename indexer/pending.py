@@ -36,22 +36,24 @@ BatchHook = Callable[[Session, np.ndarray, np.ndarray], Any]
 roll back with the vectors (photodex uses it for moderation decisions at ingest)."""
 
 
-def pending_items(coll: Collection) -> list[tuple[int, bytes]]:
-    """(photo id, one readable path) for every photo still waiting for a vector."""
+def pending_items(coll: Collection, after: int | None = None, limit: int | None = None) -> list[tuple[int, bytes]]:
+    """(photo id, one readable path) for every photo still waiting for a vector, by id.
+
+    ``after``/``limit``: only photos with a larger id, at most ``limit`` of them (one page of a
+    keyset walk, so a caller can hold a bounded window of a huge pending list)."""
     with coll.catalog.session() as s:
-        first_file = (
-            select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid"))
-            .where(PhotoFile.photo_id.is_not(None))
-            .group_by(PhotoFile.photo_id)
-            .subquery()
-        )
-        rows = s.execute(
+        files = select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid")).where(PhotoFile.photo_id.is_not(None))
+        if after is not None:
+            files = files.where(PhotoFile.photo_id > after)
+        first_file = files.group_by(PhotoFile.photo_id).subquery()
+        stmt = (
             select(Photo.id, PhotoFile.path_bytes)
             .join(first_file, first_file.c.photo_id == Photo.id)
             .join(PhotoFile, PhotoFile.id == first_file.c.fid)
             .where(Photo.status == PENDING)
             .order_by(Photo.id)
-        ).all()
+        )
+        rows = s.execute(stmt.limit(limit) if limit is not None else stmt).all()
     return [(int(pid), bytes(path)) for pid, path in rows]
 
 

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    # ---- search index (retrieval/index) ----
+    index_shards: int | None = Field(default=None, ge=1, le=1024)  # id-range shards; None: keep the collection's
     # ---- HTTP API (ui/api) ----
     api_require_key_for_reads: bool = False  # also require an X-API-Key (scope read) on every read route
     api_library_roots: list[Path] = Field(default_factory=list)  # index jobs may only index under these

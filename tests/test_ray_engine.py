@@ -270,6 +270,60 @@ def test_killed_driver_resumes_with_nothing_lost_or_twice(tmp_path, tiny_clip, t
         assert conn.execute("SELECT count(*) FROM photos").fetchone()[0] == n
 
 
+def test_driver_reads_pending_photos_in_bounded_windows(tmp_path, tiny_encoder, ray_cluster, monkeypatch):
+    """The driver asks the catalog for at most ``pending_chunk`` pending photos at a time and runs one
+    pipeline per window; a pipeline that loses a worker for good in the second window (Ray's
+    RayActorError, raised from its stream after one committed batch) is restarted for the rest of that
+    window only. Every photo still ends indexed exactly once."""
+    import ray.exceptions
+
+    import indexer.pending as pending
+    from indexer.distributed import engine
+
+    n, window = 30, 12
+    lib = tmp_path / "lib"
+    make_library(lib, n)
+    calls: list[tuple[int | None, int | None, int]] = []  # (after, limit, rows returned)
+    built: list[int] = []
+    real_items, real_build = pending.pending_items, engine.build_dataset
+
+    def spy_items(coll, after=None, limit=None):  # noqa: ANN001, ANN202
+        rows = real_items(coll, after=after, limit=limit)
+        calls.append((after, limit, len(rows)))
+        return rows
+
+    class LosesAWorker:
+        """The real dataset, whose stream fails after its first batch, as when an actor is lost for good."""
+
+        def __init__(self, ds: Any) -> None:
+            self.ds = ds
+
+        def iter_batches(self, **kwargs: Any):  # noqa: ANN201
+            for out in self.ds.iter_batches(**kwargs):
+                yield out
+                raise ray.exceptions.RayActorError()
+
+    def spy_build(items, *args, **kwargs):  # noqa: ANN001, ANN202
+        built.append(len(items))
+        ds = real_build(items, *args, **kwargs)
+        return LosesAWorker(ds) if len(built) == 2 else ds
+
+    monkeypatch.setattr(pending, "pending_items", spy_items)
+    monkeypatch.setattr(engine, "build_dataset", spy_build)
+    summary = _index(tmp_path / "coll", tiny_encoder, lib, engine="ray", ray=RayOptions(pending_chunk=window))
+    assert summary.encode.encoded == n and summary.encode.errors == 0
+    assert all(limit == window for _, limit, _ in calls)  # never an unbounded read of the pending list
+    assert built == [rows for *_, rows in calls if rows] and max(built) <= window and calls[-1][2] == 0
+    assert built[:2] == [window, window] and len(built) >= 4
+    afters = [after for after, _, _ in calls]
+    assert afters[0] is None and afters[1] == afters[2]  # the restart re-reads the second window from its start
+    assert all(a < b for a, b in zip(afters[2:], afters[3:]))  # then the walk goes on past it
+    with Collection.open(tmp_path / "coll") as coll, coll.catalog.session() as s:
+        vec_ids = list(s.scalars(select(Embedding.photo_id)))
+        statuses = list(s.scalars(select(Photo.status)))
+    assert len(vec_ids) == len(set(vec_ids)) == n and statuses == ["indexed"] * n
+
+
 def test_shards_served_by_ray_actors_equal_one_exact_index(tmp_path, ray_cluster):
     from retrieval.index.choice import flat_spec
     from retrieval.index.sharded import ShardedIndex, ray_shards

@@ -15,6 +15,12 @@ is committed in its own transaction exactly as the local engine commits, so:
   driver commits each photo id once per run and drops repeats;
 * an actor lost for good (killed without restart, its node gone) fails the pipeline: it is started
   again for the photos still pending (``RayOptions.attempts``), exactly as a rerun would.
+
+The driver never holds the whole pending list: it walks it by photo id in windows of
+``RayOptions.pending_chunk`` rows (one keyset query each) and runs one pipeline per window, so its
+memory (the rows, Ray Data's input blocks, the ids committed this window) is bounded by the window,
+whatever the library's size. The price is the pipeline start-up (encode actors load their model)
+once per window: keep windows large, and larger on fast clusters (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -82,10 +88,13 @@ class RayOptions:
     recipe: Callable[[], Any] | None = None
     log_to_driver: bool = False
     attempts: int = 3  # pipeline restarts after a worker is lost for good
+    pending_chunk: int = 200_000  # pending photos the driver reads (and runs one pipeline on) at a time
 
     def validate(self) -> "RayOptions":
         if self.gpus_per_worker < 0 or self.cpus_per_worker < 0 or self.decode_cpus <= 0:
             raise ConfigError("--gpus-per-worker/cpus per worker must be >= 0 and decode cpus > 0")
+        if self.pending_chunk < 1:
+            raise ConfigError("the ray engine needs a pending window of at least one photo")
         if self.actors is not None and self.actors < 1:
             raise ConfigError("the ray engine needs at least one encode actor")
         if self.attempts < 1:
@@ -207,29 +216,65 @@ def encode_pending_ray(coll: "Collection", encoder: Any, batch_size: int = 64,
 
     ``encoder``: a loaded :class:`~indexer.encoders.Encoder` (rebuilt in each actor from its spec),
     an :class:`EncoderRecipe`, or a loader (not called: the actors load the collection's encoder).
-    If the pipeline fails because a worker was lost for good (an actor killed without restart, a
-    node gone), it is started again for the photos still pending, up to ``options.attempts`` times."""
-    from ..encode_run import _commit_batch
-    from ..pending import EncodeReport, pending_items
+    Pending photos are read and encoded in windows of ``options.pending_chunk`` (module docstring).
+    If a window's pipeline fails because a worker was lost for good (an actor killed without
+    restart, a node gone), it is started again for the photos still pending, up to
+    ``options.attempts`` times per window."""
+    from .. import pending
 
     ok, why = ray_available()
     if not ok:
         raise ConfigError(why)
     options = (options or RayOptions()).validate()
-    report = EncodeReport()
-    items = pending_items(coll)
-    if not items:
+    report = pending.EncodeReport()
+    total = pending.pending_count(coll)
+    if not total:
         return report
-    start, total = time.perf_counter(), len(items)
+    start = time.perf_counter()
     recipe = _recipe(coll, encoder, options)
-    seen: set[int] = set()
     if progress:
         progress("encode", 0, total)
 
-    def commit(out: dict[str, np.ndarray]) -> None:
+    def window(after: int | None) -> list[tuple[int, bytes]]:
+        return pending.pending_items(coll, after=after, limit=options.pending_chunk)
+
+    with ray_connection(options):
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the caller draws progress
+        after: int | None = None  # every photo up to this id has been committed (vector or error)
+        while items := window(after):
+            last = items[-1][0]
+            for attempt in range(1, options.attempts + 1):
+                try:
+                    _run_window(coll, items, recipe, batch_size, max_image_pixels, options, on_commit, report,
+                                progress, total)
+                    break
+                except _lost_worker_errors() as exc:
+                    items = window(after)  # every committed batch stays; only the rest is redone
+                    if attempt == options.attempts or not items:
+                        raise
+                    last = max(last, items[-1][0])
+                    log.warning("a Ray worker was lost (%s); restarting the pipeline for the %d photos still "
+                                "pending in this window (attempt %d of %d)", type(exc).__name__, len(items),
+                                attempt + 1, options.attempts)
+            after = last
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_window(coll: "Collection", items: list[tuple[int, bytes]], recipe: Callable[[], Any], batch_size: int,
+                max_image_pixels: int, options: RayOptions, on_commit: "BatchHook | None", report: "EncodeReport",
+                progress: "Progress | None", total: int) -> None:
+    """One pipeline over one window of pending photos, committing each streamed batch."""
+    from ..encode_run import _commit_batch
+
+    seen: set[int] = set()  # a retried batch repeats rows of this pipeline only
+    ds = build_dataset(items, coll.spec, recipe, batch_size, max_image_pixels, options)
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         batch, vectors = _commit_rows(out, seen)
         if not batch["ids"] and not batch["errors"]:
-            return
+            continue
         _commit_batch(coll, batch, vectors, on_commit)
         seen.update(batch["ids"])
         seen.update(pid for pid, _ in batch["errors"])
@@ -238,24 +283,4 @@ def encode_pending_ray(coll: "Collection", encoder: Any, batch_size: int = 64,
         report.encoded += len(batch["ids"])
         report.errors += len(batch["errors"])
         if progress:
-            progress("encode", len(seen), total)
-
-    with ray_connection(options):
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the caller draws progress
-        for attempt in range(1, options.attempts + 1):
-            try:
-                ds = build_dataset(items, coll.spec, recipe, batch_size, max_image_pixels, options)
-                for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                    commit(out)
-                break
-            except _lost_worker_errors() as exc:
-                items = pending_items(coll)  # every committed batch stays; only the rest is redone
-                if attempt == options.attempts or not items:
-                    raise
-                log.warning("a Ray worker was lost (%s); restarting the pipeline for the %d photos still "
-                            "pending (attempt %d of %d)", type(exc).__name__, len(items), attempt + 1,
-                            options.attempts)
-    report.seconds = time.perf_counter() - start
-    return report
+            progress("encode", report.encoded + report.errors, total)

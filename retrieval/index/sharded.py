@@ -88,12 +88,20 @@ def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], nq: int, k: int)
 class ShardedIndex:
     """Shards by photo-id range, searched in parallel and merged exactly; see the module docstring."""
 
-    def __init__(self, shards: Sequence[Shard], bounds: np.ndarray, *, dim: int, threads: int | None = None) -> None:
+    def __init__(self, shards: Sequence[Shard], bounds: np.ndarray, *, dim: int, threads: int | None = None,
+                 names: Sequence[str] | None = None, complete: bool = True) -> None:
+        """``names``: the file each shard was loaded from (lets a reload reuse unchanged shards);
+        ``complete``: False when some shard could not be loaded and stands empty in its range (the
+        readers' view then scans that range's stored vectors exactly)."""
         if len(bounds) != len(shards) + 1:
             raise ValueError(f"{len(shards)} shards need {len(shards) + 1} bounds, got {len(bounds)}")
+        if names is not None and len(names) != len(shards):
+            raise ValueError(f"{len(shards)} shards need {len(shards)} names, got {len(names)}")
         self.shards = list(shards)
         self.bounds = np.asarray(bounds, np.int64)
         self.dim = int(dim)
+        self.names = list(names) if names is not None else None
+        self.complete = complete
         workers = threads or max(1, len(self.shards))
         # faiss parallelises each search with OpenMP; S shards searched at once with a full OpenMP team
         # each oversubscribe the cores. The team size is a per-thread setting: split the cores.
@@ -168,6 +176,16 @@ class ShardedIndex:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+    @property
+    def spec(self) -> IndexSpec | None:
+        """The shards' index spec (every in-process shard has the same); None for remote shards."""
+        specs = [s.spec for s in self.shards if isinstance(s, VectorIndex) and len(s)]
+        return specs[0] if specs else None
+
+    def to_gpu(self, device: int = 0) -> bool:
+        """Mirror every in-process shard on the GPU (as ``VectorIndex.to_gpu``); True if all were."""
+        return all([s.to_gpu(device) for s in self.shards if isinstance(s, VectorIndex)])
 
     # ---- the VectorIndex search surface -------------------------------------------------------
     @property

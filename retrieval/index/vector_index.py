@@ -45,13 +45,14 @@ log = logging.getLogger(__name__)
 
 VectorsLookup = Callable[[np.ndarray], np.ndarray]
 _MAX_EF = 4096
+EXACT_SUBSET_MAX = 4096  # filtered searches over at most this many ids are scored exactly
 
 
 class VectorIndex:
     """Thread-safe (RW-locked) FAISS index keyed by int64 photo ids; see module docstring."""
 
     def __init__(self, dim: int, spec: IndexSpec, *, vectors_lookup: VectorsLookup | None = None,
-                 exact_subset_max: int = 4096, exact_subset_fraction: float = 0.02,
+                 exact_subset_max: int = EXACT_SUBSET_MAX, exact_subset_fraction: float = 0.02,
                  rebuild_fraction: float = 0.2, _index: faiss.Index | None = None) -> None:
         self.dim = int(dim)
         self._spec = spec

@@ -37,10 +37,31 @@ def cmd_index(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         data = summary.to_dict()
-        data["index"] = refresh_index(coll)
+        data["index"] = refresh_index(coll, shards=_shards(args, settings))
         data["text_tower"] = ensure_fast_text_path(coll, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
+
+
+def _shards(args: argparse.Namespace, settings: Any) -> int | None:
+    """--shards, else PHOTODEX_INDEX_SHARDS, else None (keep the collection's index layout)."""
+    return args.shards if args.shards is not None else settings.index_shards
+
+
+def _shard_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1024, got {text!r}")
+    return n
+
+
+def _add_shards(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", type=_shard_count, metavar="N",
+                   help="keep the search index in N photo-id-range shards from now on, searched in parallel "
+                        "(1: one file; default: $PHOTODEX_INDEX_SHARDS, else the collection's current layout)")
 
 
 def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
@@ -71,9 +92,10 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
-        result = refresh_index(coll, force_rebuild=args.force)
+        result = refresh_index(coll, force_rebuild=args.force, shards=_shards(args, settings))
         result["text_tower"] = ensure_fast_text_path(coll, lambda: load_checked_encoder(coll, settings))
-    emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors")
+    emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors"
+         + (f" in {len(r['files'])} shards" if r.get("files") else ""))
     return EXIT_OK
 
 
@@ -114,12 +136,14 @@ def register(sub: Subparsers) -> None:
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per encode actor (0: CPU actors)")
     g.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
                    help="decode JPEGs with nvJPEG in the encode actors (auto: when they have GPUs)")
+    _add_shards(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)")
     add_common(p)
     p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    _add_shards(p)
     p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("info", help="what the collection holds")
