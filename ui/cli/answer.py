@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from indexer.errors import InputError
-from indexer.settings import Settings
 from ui.output import emit, printable
 
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
 
 STRATEGIES = ("auto", "joint", "per-photo")
 
