@@ -1,6 +1,7 @@
 """Content moderation from stored vectors: versioned policies, decisions, re-evaluation, calibration.
 
 Modules:
+    outcomes    the decision vocabulary (actions, outcomes, which hide a photo), free of pydantic
     policy      the policy file schema (pydantic), its validation and JSON/YAML loading
     store       policy versions in the catalog (set creates a new version; one version active)
     decide      scoring vectors against a policy: per-concept scores, thresholds, review band, special care

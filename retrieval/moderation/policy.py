@@ -19,9 +19,8 @@ from indexer.errors import InputError
 from retrieval.classify.labels import validate_classnames
 from retrieval.classify.templates import ensure_templates
 
-ACTIONS = ("flag", "quarantine", "block")  # what a concept over its threshold does, weakest first
-OUTCOMES = ("allow", "review", *ACTIONS)  # every decision, weakest first (its rank is its index)
-HIDDEN_ACTIONS = ("quarantine", "block")  # excluded from search unless asked for
+from .outcomes import ACTIONS, HIDDEN_ACTIONS, OUTCOMES  # noqa: F401  (re-exported: the policy vocabulary)
+
 MAX_CONCEPTS = 63  # decisions pack one bit per concept into an int64
 STARTER_POLICY = Path(__file__).resolve().parent / "policies" / "starter.json"
 

@@ -17,7 +17,7 @@ from indexer.catalog_models import ModerationState, Photo, Tag
 from indexer.collection import Collection
 from indexer.errors import InputError
 
-from .policy import HIDDEN_ACTIONS, OUTCOMES
+from .outcomes import HIDDEN_ACTIONS, OUTCOMES
 
 TAXONOMY = "moderation"
 SHOW_ALL = ("any", "all")
