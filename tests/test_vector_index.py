@@ -226,3 +226,15 @@ def test_gpu_search_matches_cpu(data, name):  # pragma: no cover - GPU only
     assert vi.to_gpu()
     _, gpu = vi.search(data["q"], K)
     assert (cpu == gpu).mean() > 0.95
+
+
+def test_live_members_equals_intersect1d_on_random_sets() -> None:
+    """The filter intersection used by every filtered search (binary search into the sorted live ids)."""
+    from retrieval.index.selectors import live_members
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        live = np.unique(rng.integers(0, 500, rng.integers(0, 200))).astype(np.int64)
+        ids = rng.integers(-5, 600, rng.integers(0, 100)).astype(np.int64)  # unsorted, repeats, misses
+        got = live_members(ids, live)
+        assert np.array_equal(got, np.intersect1d(ids, live)) and got.dtype == np.int64

@@ -37,7 +37,7 @@ from . import persistence
 from .choice import IndexSpec, SearchParams, choose_index_spec
 from .gpu import mirror_to_gpu
 from .locking import RWLock
-from .selectors import as_ids, as_matrix, bitmap_selector, id_selector
+from .selectors import as_ids, as_matrix, bitmap_selector, id_selector, live_members
 
 __all__ = ["VectorIndex", "VectorsLookup"]
 
@@ -207,7 +207,7 @@ class VectorIndex:
             self._ensure_writable()
             if not self._index.is_trained:
                 raise RuntimeError(f"{self._spec.factory} must be trained before add()")
-            existing = np.intersect1d(ids, self._live_ids)
+            existing = live_members(ids, self._live_ids)
             if len(existing):
                 self._remove_locked(existing)
             for s in range(0, len(ids), chunk_size):
@@ -223,7 +223,7 @@ class VectorIndex:
         """Remove by photo id; returns how many were live. HNSW: tombstones."""
         ids = as_ids(ids)
         with self._lock.write():
-            n = self._remove_locked(np.intersect1d(ids, self._live_ids))
+            n = self._remove_locked(live_members(ids, self._live_ids))
             self._refresh()
             if self._journal is not None:
                 self._journal.append(("remove", ids.copy(), None))
@@ -364,7 +364,7 @@ class VectorIndex:
         with self._lock.read():
             allowed = None
             if allowed_ids is not None:
-                allowed = np.intersect1d(as_ids(allowed_ids), self._live_ids)
+                allowed = live_members(as_ids(allowed_ids), self._live_ids)
                 if not len(allowed):
                     return out_s, out_i
                 limit = max(self.exact_subset_max, int(self.exact_subset_fraction * len(self)))
