@@ -170,11 +170,9 @@ class Searcher:
     def search_vector(self, query: np.ndarray, options: SearchOptions | None = None) -> list[SearchHit]:
         """Top results for a unit query vector after filters, threshold, collapse and pagination."""
         options = (options or SearchOptions()).validate()
-        index = open_index(self.coll)
-        allowed = self._allowed(index, options)
-        if allowed is not None and len(allowed) == 0:
+        index, allowed, available = self._scope(options)
+        if available == 0:
             return []
-        available = len(index) if allowed is None else len(allowed)
         want = options.offset + options.k
         fetch = min(available, max(2 * want, want + 16))
         for round_ in range(MAX_FETCH_GROWTH + 1):
@@ -213,11 +211,9 @@ class Searcher:
         if len(captions) == 0:
             log.warning("no captions are stored: hybrid search ranks by CLIP alone (run `photodex caption --all`)")
         query = self.text_vector(text)
-        index = open_index(self.coll)
-        allowed = self._allowed(index, options)
-        if allowed is not None and len(allowed) == 0:
+        index, allowed, available = self._scope(options)
+        if available == 0:
             return []
-        available = len(index) if allowed is None else len(allowed)
         want = options.offset + options.k
         pool = min(available, max(4 * want, want + 64))
         scores, ids = index.search(query[None, :], pool, params=options.params, allowed_ids=allowed)
@@ -244,6 +240,12 @@ class Searcher:
         texts = captions_of(self.coll, [h.id for h in hits])
         return [HybridHit(**asdict(h), clip_score=float(clip_s[at[h.id]]), caption_score=float(cap_s[at[h.id]]),
                           caption=texts.get(h.id)) for h in hits]
+
+    def _scope(self, options: SearchOptions) -> tuple[SearchableIndex, np.ndarray | None, int]:
+        """The current index, the ids a search may return (None: all) and how many photos that is."""
+        index = open_index(self.coll)
+        allowed = self._allowed(index, options)
+        return index, allowed, len(index) if allowed is None else len(allowed)
 
     def _allowed(self, index: SearchableIndex, options: SearchOptions) -> np.ndarray | None:
         """Ids a search may return (filters, minus moderation-hidden and excluded ids); None: all."""
