@@ -38,8 +38,7 @@ def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
 
 @pytest.fixture
 def coll(world, tmp_path):
-    shutil.copytree(world.path, tmp_path / "coll")
-    c = Collection.open(tmp_path / "coll")
+    c = world.private_copy(tmp_path / "coll")
     yield c
     c.close()
 
@@ -111,7 +110,7 @@ def test_threshold_only_change_reads_no_vector_and_equals_a_full_rescore(coll, s
     # ... and equals deciding every photo directly from its stored vector
     direct = v2.compiled().decide(vecs)
     state = _state(coll)
-    from retrieval.moderation.policy import OUTCOMES
+    from retrieval.moderation.outcomes import OUTCOMES
 
     assert [state[int(i)][0] for i in ids] == [OUTCOMES[k] for k in direct.outcome]
     assert real.by_concept["circle"]["hit"] == int((direct.levels[:, 1] == 2).sum())

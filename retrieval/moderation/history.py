@@ -23,7 +23,7 @@ from indexer.collection import Collection
 from indexer.errors import InputError
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, DecisionArrays
-from .policy import OUTCOMES
+from .outcomes import OUTCOMES
 
 CHUNK = 500  # rows per statement (bound parameters stay small on every database)
 
