@@ -68,3 +68,42 @@ def env_offline() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
+
+
+# ---- index files: exact answers and damage (tests/test_index_file.py, tests/test_shard_store.py) ----
+
+def exact_search(coll, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of an exact top-k over the collection's stored vectors."""
+    from retrieval.scoring import top_k
+
+    ids, vecs = coll.load_vectors()
+    idx, vals = top_k(queries @ vecs.T, k, ids, pad=True)
+    return vals, idx
+
+
+def queries_near_stored(coll, n: int = 6) -> np.ndarray:
+    """``n`` unit queries near the first stored vectors (seeded)."""
+    _, vecs = coll.load_vectors()
+    q = vecs[:n] + 0.3 * np.random.default_rng(0).standard_normal(vecs[:n].shape).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def damage_index_file(path: Path, how: str) -> None:
+    """Damage an index file: ``truncated``, ``same-size`` (bytes overwritten), ``no-sidecar`` or ``missing``."""
+    from retrieval.index.vector_index import VectorIndex
+
+    if how == "truncated":
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) // 2)
+    elif how == "same-size":
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 64] = b"\x7f" * 64  # float32 0x7f7f7f7f ~ 3.4e38: huge scores if read
+        path.write_bytes(bytes(data))
+    elif how == "no-sidecar":
+        VectorIndex.sidecar_path(path).unlink()
+    elif how == "missing":
+        path.unlink()
+    else:
+        raise ValueError(how)
+

@@ -3,7 +3,6 @@ service function, dry runs write nothing, mutating routes need a write key, bad 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -317,8 +316,7 @@ def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
 
 def test_no_active_policy_and_another_collection_copy(tmp_path, world):
     """A copy of the collection without policies: every policy-using route says there is none (404)."""
-    shutil.copytree(world.path, tmp_path / "coll")
-    with Collection.open(tmp_path / "coll") as c, c.catalog.session() as s, s.begin():
+    with world.private_copy(tmp_path / "coll") as c, c.catalog.session() as s, s.begin():
         for table in (ModerationState, ModerationDecision, ModerationRun, ModerationPolicy):
             s.query(table).delete()
     app = create_app(Settings(collection=tmp_path / "coll"), encoder_loader=lambda s: world.encoder)

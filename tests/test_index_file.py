@@ -20,8 +20,7 @@ from retrieval.index.persistence import IndexFileError
 from retrieval.index.store import current_index_file
 from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
-from retrieval.scoring import top_k
-from tests.helpers import env_offline, make_library
+from tests.helpers import damage_index_file, env_offline, exact_search, make_library, queries_near_stored
 
 OPTS = RunOptions(batch_size=8, workers=0)
 K = 5
@@ -39,32 +38,10 @@ def indexed(tmp_path, tiny_encoder):
     return tmp_path / "coll", lib
 
 
-def _exact(coll: Collection, queries: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
-    ids, vecs = coll.load_vectors()
-    idx, vals = top_k(queries @ vecs.T, k, ids, pad=True)
-    return vals, idx
 
 
-def _queries(coll: Collection, n: int = 6) -> np.ndarray:
-    _, vecs = coll.load_vectors()
-    rng = np.random.default_rng(0)
-    q = vecs[:n] + 0.3 * rng.standard_normal(vecs[:n].shape).astype(np.float32)
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def _damage(path, how: str) -> None:
-    if how == "truncated":
-        with open(path, "r+b") as fh:
-            fh.truncate(os.path.getsize(path) // 2)
-    elif how == "same-size":
-        data = bytearray(path.read_bytes())
-        mid = len(data) // 2
-        data[mid:mid + 64] = b"\x7f" * 64  # float32 0x7f7f7f7f ~ 3.4e38: huge scores if read
-        path.write_bytes(bytes(data))
-    elif how == "no-sidecar":
-        VectorIndex.sidecar_path(path).unlink()
-    elif how == "missing":
-        path.unlink()
 
 
 @pytest.mark.parametrize("how", ["truncated", "same-size", "no-sidecar", "missing"])
@@ -72,9 +49,9 @@ def test_damaged_index_is_detected_searched_exactly_and_rebuilt(indexed, how):
     coll_dir, _ = indexed
     with Collection.open(coll_dir) as coll:
         index_file = current_index_file(coll)
-        q = _queries(coll)
-        truth_s, truth_i = _exact(coll, q)
-        _damage(index_file, how)
+        q = queries_near_stored(coll)
+        truth_s, truth_i = exact_search(coll, q, K)
+        damage_index_file(index_file, how)
         if how != "missing":
             with pytest.raises(IndexFileError):
                 VectorIndex.load(index_file)
@@ -105,8 +82,8 @@ def test_reader_sees_vectors_committed_after_the_index_file(indexed, tiny_encode
         ids, vecs = coll.load_vectors(view.delta_ids)
         s, i = view.search(vecs, 1)
         np.testing.assert_array_equal(i[:, 0], ids)  # each new photo finds itself first
-        q = _queries(coll)
-        np.testing.assert_array_equal(view.search(q, K)[1], _exact(coll, q)[1])
+        q = queries_near_stored(coll)
+        np.testing.assert_array_equal(view.search(q, K)[1], exact_search(coll, q, K)[1])
         assert store.index_state(coll) == state_before  # the reader wrote nothing
 
 
@@ -121,7 +98,7 @@ def test_reader_never_returns_removed_photos(indexed, tiny_encoder):
         gone = np.setdiff1d(ids_before, coll.vector_ids())
         assert len(gone) == 4
         view = open_index(coll)
-        _, i = view.search(_queries(coll), 30)
+        _, i = view.search(queries_near_stored(coll), 30)
         assert not np.isin(i, gone).any() and (i >= 0).sum(axis=1).min() == 26
 
 
@@ -163,7 +140,7 @@ def test_searches_during_an_index_run_and_a_forced_rebuild_are_complete(indexed,
 
     def reader() -> None:
         with Collection.open(coll_dir) as coll:
-            q = _queries(coll, 2)
+            q = queries_near_stored(coll, 2)
             while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
@@ -191,8 +168,8 @@ def test_searches_during_an_index_run_and_a_forced_rebuild_are_complete(indexed,
     assert len(latencies) >= 4 and not short
     assert max(latencies) < 5.0  # never blocked behind the writer
     with Collection.open(coll_dir) as coll:
-        q = _queries(coll)
-        np.testing.assert_array_equal(open_index(coll).search(q, K)[1], _exact(coll, q)[1])
+        q = queries_near_stored(coll)
+        np.testing.assert_array_equal(open_index(coll).search(q, K)[1], exact_search(coll, q, K)[1])
 
 
 def test_read_only_collection_can_be_searched(indexed, tmp_path, tiny_clip):
@@ -234,8 +211,8 @@ def test_a_new_index_version_loads_in_the_background_while_searches_stay_complet
         index_paths(coll, tiny_encoder, [lib], OPTS)
         refresh_index(coll)  # the writer switches to a new version (35 vectors)
         interim = open_index(coll)  # returns at once: the old version + an exact scan of the 5 new vectors
-        q = _queries(coll)
-        truth = _exact(coll, q)[1]
+        q = queries_near_stored(coll)
+        truth = exact_search(coll, q, K)[1]
         if interim.base is first.base:
             assert interim.exact_rows == 5 and len(interim) == 35
         np.testing.assert_array_equal(interim.search(q, K)[1], truth)

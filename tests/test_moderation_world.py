@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -53,8 +52,7 @@ def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
 @pytest.fixture
 def coll(world, tmp_path):
     """A private copy of the world collection (tests change its moderation state)."""
-    shutil.copytree(world.path, tmp_path / "coll")
-    c = Collection.open(tmp_path / "coll")
+    c = world.private_copy(tmp_path / "coll")
     yield c
     c.close()
 

@@ -22,10 +22,9 @@ from retrieval.index.sharded import ShardedIndex, shard_of
 from retrieval.index.state import index_dir, index_files, index_state
 from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
-from retrieval.scoring import top_k
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.helpers import make_library
+from tests.helpers import damage_index_file, exact_search, make_library, queries_near_stored
 from tests.world.generate import CLASSES, class_prompt
 from tests.world_collection import build_world_collection
 from ui.cli import main
@@ -109,16 +108,8 @@ def sharded(tmp_path, tiny_encoder):
     return tmp_path / "coll", lib
 
 
-def _exact(coll: Collection, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, vecs = coll.load_vectors()
-    idx, vals = top_k(queries @ vecs.T, k, ids, pad=True)
-    return vals, idx
 
 
-def _queries(coll: Collection, n: int = 6) -> np.ndarray:
-    _, vecs = coll.load_vectors()
-    q = vecs[:n] + 0.3 * np.random.default_rng(0).standard_normal(vecs[:n].shape).astype(np.float32)
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def _files(coll: Collection) -> set[str]:
@@ -141,8 +132,8 @@ def test_adds_and_removals_after_sharding_touch_only_their_shards(sharded, tiny_
         assert result["files"][:2] == before["files"][:2] and result["files"][2] != before["files"][2]
         assert np.isin(new_ids, VectorIndex.load(index_dir(coll) / result["files"][2]).ids).all()
         # a reader that already searches loads the new version in the background, reusing unchanged shards
-        q = _queries(coll)
-        np.testing.assert_array_equal(open_index(coll).search(q, 8)[1], _exact(coll, q, 8)[1])
+        q = queries_near_stored(coll)
+        np.testing.assert_array_equal(open_index(coll).search(q, 8)[1], exact_search(coll, q, 8)[1])
         for _ in range(600):
             view = open_index(coll)
             if view.base is not first.base:
@@ -150,7 +141,7 @@ def test_adds_and_removals_after_sharding_touch_only_their_shards(sharded, tiny_
             __import__("time").sleep(0.05)
         assert view.exact_rows == 0 and len(view) == 36
         assert view.base.shards[0] is first.base.shards[0] and view.base.shards[2] is not first.base.shards[2]
-        np.testing.assert_array_equal(view.search(q, 8)[1], _exact(coll, q, 8)[1])
+        np.testing.assert_array_equal(view.search(q, 8)[1], exact_search(coll, q, 8)[1])
         # removing photos from the first range rewrites only that shard
         with coll.catalog.session() as s:
             path_of = dict(s.execute(select(PhotoFile.photo_id, PhotoFile.path)).all())
@@ -165,7 +156,7 @@ def test_adds_and_removals_after_sharding_touch_only_their_shards(sharded, tiny_
         store._cache.clear()
         _, i = open_index(coll).search(q, 32)
         assert not np.isin(i, gone).any()
-        np.testing.assert_array_equal(i[:, :8], _exact(coll, q, 8)[1])
+        np.testing.assert_array_equal(i[:, :8], exact_search(coll, q, 8)[1])
         # superseded files are pruned: only this version's and the previous one's remain
         assert _files(coll) == set(removed["files"]) | set(result["files"])
 
@@ -178,24 +169,12 @@ def test_a_range_that_outgrows_the_others_is_re_split(sharded, tiny_encoder):
         result = refresh_index(coll)
         assert result["action"] == "rebuilt (re-sharded)" and result["shards"] == 3
         assert max(result["counts"]) - min(result["counts"]) <= 1 and sum(result["counts"]) == 70
-        q = _queries(coll)
+        q = queries_near_stored(coll)
         store._cache.clear()
-        np.testing.assert_array_equal(open_index(coll).search(q, 10)[1], _exact(coll, q, 10)[1])
+        np.testing.assert_array_equal(open_index(coll).search(q, 10)[1], exact_search(coll, q, 10)[1])
         assert refresh_index(coll)["action"] == "up-to-date"
 
 
-def _damage(path, how: str) -> None:
-    if how == "truncated":
-        with open(path, "r+b") as fh:
-            fh.truncate(os.path.getsize(path) // 2)
-    elif how == "same-size":
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2: len(data) // 2 + 64] = b"\x7f" * 64  # huge float32 scores if read
-        path.write_bytes(bytes(data))
-    elif how == "no-sidecar":
-        VectorIndex.sidecar_path(path).unlink()
-    elif how == "missing":
-        path.unlink()
 
 
 @pytest.mark.parametrize("how", ["truncated", "same-size", "no-sidecar", "missing"])
@@ -204,9 +183,9 @@ def test_damaged_shard_is_detected_its_range_searched_exactly_and_rebuilt(sharde
     with Collection.open(coll_dir) as coll:
         state = index_state(coll)
         victim = index_dir(coll) / state["files"][1]
-        q = _queries(coll)
-        truth_s, truth_i = _exact(coll, q, 12)
-        _damage(victim, how)
+        q = queries_near_stored(coll)
+        truth_s, truth_i = exact_search(coll, q, 12)
+        damage_index_file(victim, how)
         if how != "missing":
             with pytest.raises(IndexFileError):
                 VectorIndex.load(victim)

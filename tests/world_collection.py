@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,11 @@ class WorldCollection:
 
     def open(self) -> Collection:
         return Collection.open(self.path)
+
+    def private_copy(self, dest: Path) -> Collection:
+        """Open a copy of the collection at ``dest`` (for tests that change its state)."""
+        shutil.copytree(self.path, dest)
+        return Collection.open(dest)
 
     def sample_of(self, paths: list[str]) -> WorldSample:
         return self.truth[paths[0]]
