@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -16,18 +13,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .catalog_models import Meta
+from .catalog_read import sqlite_url  # noqa: F401 - re-exported: callers build catalog URLs from here
+from .errors import CollectionError
+from .schema_revisions import MIGRATIONS_DIR, head_revision, refuse_unknown_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config
-from .errors import CollectionError
 
 log = logging.getLogger(__name__)
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI connection
@@ -84,45 +77,13 @@ def alembic_config() -> "Config":
 _upgrade_lock = threading.Lock()  # alembic's command API keeps module-global state: one at a time
 
 
-_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*=\s*['\"]?([\w.-]+|None)['\"]?", re.M)
-
-
-@functools.lru_cache(maxsize=1)
-def _revisions() -> tuple[frozenset[str], str]:
-    """(every schema revision shipped with this photodex, the newest one), read from the migration files
-    without importing alembic, so a read-only command opens its catalog quickly."""
-    revisions, parents = set(), set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict((k, v) for k, v in _REVISION_LINE.findall(path.read_text()))
-        if "revision" in found:
-            revisions.add(found["revision"])
-            parents.add(found.get("down_revision"))
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise CollectionError(f"migrations have {len(heads)} heads {sorted(heads)}; this install is broken")
-    return frozenset(revisions), heads.pop()
-
-
-def head_revision() -> str | None:
-    """The newest schema revision shipped with this photodex."""
-    return _revisions()[1]
-
-
-def _refuse_unknown_revision(rev: str | None, where: str) -> None:
-    """A catalog written by a newer photodex has a revision this one does not know: say so, change nothing."""
-    if rev is not None and rev not in _revisions()[0]:
-        raise CollectionError(f"catalog {where} has schema revision {rev}, newer than this photodex knows "
-                              f"(newest: {head_revision()}); it was written by a newer photodex: upgrade photodex "
-                              "to open it")
-
-
 def upgrade(engine: Engine) -> None:
     """Bring the catalog schema to the newest revision (idempotent; a cheap check when current)."""
     try:
         rev = current_revision(engine)
         if rev == head_revision():
             return
-        _refuse_unknown_revision(rev, engine.url.render_as_string(hide_password=True))
+        refuse_unknown_revision(rev, engine.url.render_as_string(hide_password=True))
         from alembic import command
 
         with _upgrade_lock, engine.begin() as conn:
@@ -177,7 +138,7 @@ class Catalog:
                     raise CollectionError(f"cannot open catalog {path} read-only: {str(exc).splitlines()[0]}") from exc
                 continue
             if rev != head:
-                _refuse_unknown_revision(rev, path)
+                refuse_unknown_revision(rev, path)
                 raise CollectionError(f"catalog {path} is read-only and needs a schema upgrade ({rev} -> {head}); "
                                       "open it once with write access")
             log.info("catalog %s opened read-only%s", path, " (immutable)" if immutable else "")

@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select
 
 from .atomic import atomic_write_json
-from .catalog import Catalog, sqlite_url
-from .catalog_models import ERROR, INDEXED, Embedding, Photo, PhotoFile
+from .catalog_read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
 from .errors import CollectionError, EncoderMismatchError
+from .photo_status import ERROR, INDEXED, PENDING
 from .spec import EncoderSpec
 from .vectors import decode_vectors
 from .writer_lock import WriterLock
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,46 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 class Collection:
-    """An opened collection. Use :meth:`open` (read) or :meth:`open_for_encoder` (index)."""
+    """An opened collection. Use :meth:`open` (read) or :meth:`open_for_encoder` (index).
 
-    def __init__(self, path: Path, manifest: dict[str, Any], catalog: Catalog) -> None:
+    Reads go through :attr:`reader` (plain SQL; ``sqlite3`` for the embedded catalog, so a read
+    command never imports SQLAlchemy); :attr:`catalog`, the ORM catalog that writes and migrates,
+    is opened on first use."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], url: str, catalog: "Catalog | None" = None) -> None:
         self.path = path
         self.manifest = manifest
-        self.catalog = catalog
+        self.url = url
+        self._catalog = catalog
+        self._reader: CatalogReader | None = None
+        self._open_lock = threading.RLock()
+
+    @property
+    def catalog(self) -> "Catalog":
+        """The ORM catalog (engine, sessions, migrations), opened on first use."""
+        if self._catalog is None:
+            with self._open_lock:
+                if self._catalog is None:
+                    from .catalog import Catalog
+
+                    self._catalog = Catalog(self.url)
+        return self._catalog
+
+    @property
+    def reader(self) -> CatalogReader:
+        """Read-only SQL on the catalog: stdlib ``sqlite3`` on an embedded catalog at the newest schema,
+        else the ORM catalog's engine (which first upgrades the schema, or says why it cannot)."""
+        if self._reader is None:
+            path = sqlite_path(self.url)
+            fast = SqliteReader.open(path) if path is not None else None
+            if fast is None and path is not None and self._catalog is None and not self.catalog.read_only:
+                fast = SqliteReader.open(path)  # opening the ORM catalog brought it to the newest schema
+            with self._open_lock:
+                if self._reader is None:
+                    self._reader = fast or EngineReader(self.catalog.engine)
+                elif fast is not None:
+                    fast.close()
+        return self._reader
 
     # ---- opening -------------------------------------------------------------------------
     @staticmethod
@@ -73,7 +110,13 @@ class Collection:
         """Open an existing collection; a clear error if there is none."""
         root = Path(path).expanduser()
         manifest = read_manifest(root)
-        return cls(root, manifest, Catalog(cls._database_url(root, database_url)))
+        coll = cls(root, manifest, cls._database_url(root, database_url))
+        try:
+            coll.reader  # noqa: B018 - checks (or upgrades) the schema now, so a bad catalog fails here
+        except BaseException:
+            coll.close()
+            raise
+        return coll
 
     @classmethod
     def open_for_encoder(
@@ -105,7 +148,10 @@ class Collection:
             "updated_at": _now(),
             "database": "sqlite (catalog.db)" if database_url is None else "external (PHOTODEX_DATABASE_URL)",
         }
-        catalog = Catalog(cls._database_url(root, database_url))
+        from .catalog import Catalog
+
+        url = cls._database_url(root, database_url)
+        catalog = Catalog(url)
         recorded = catalog.get_meta(SPEC_META_KEY)
         if recorded is not None and recorded != spec.id:
             catalog.dispose()
@@ -116,7 +162,7 @@ class Collection:
             catalog.set_meta(SPEC_META_KEY, spec.id)
         atomic_write_json(root / MANIFEST, manifest)  # last: a collection exists once its manifest does
         log.info("created collection %s for encoder %s", root, spec.id)
-        return cls(root, manifest, catalog)
+        return cls(root, manifest, url, catalog)
 
     # ---- encoder contract --------------------------------------------------------------------
     @property
@@ -143,30 +189,26 @@ class Collection:
     def dim(self) -> int:
         return int(self.manifest["encoder"]["embed_dim"])
 
+    def generation(self) -> int:
+        """The catalog's vector generation (bumped by every commit that adds or removes vectors)."""
+        return int(scalar(self.reader, """SELECT value FROM meta WHERE "key" = 'generation'""") or 0)
+
     def vector_ids(self) -> np.ndarray:
         """Sorted ids of every photo with a stored vector (no vector bytes are read)."""
-        with self.catalog.session() as s:
-            ids = s.scalars(select(Embedding.photo_id).order_by(Embedding.photo_id)).all()
-        return np.asarray(ids, dtype=np.int64)
+        rows = self.reader.rows("SELECT photo_id FROM embeddings ORDER BY photo_id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def load_vectors(self, photo_ids: np.ndarray | None = None, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
-        """All (or the given) stored vectors as ``(ids int64, vectors float32 unit-norm)``."""
-        ids: list[int] = []
-        blobs: list[bytes] = []
-        with self.catalog.session() as s:
-            stmt = select(Embedding.photo_id, Embedding.vector).order_by(Embedding.photo_id)
-            if photo_ids is not None:
-                wanted = [int(x) for x in photo_ids]
-                for start in range(0, len(wanted), chunk):
-                    part = wanted[start:start + chunk]
-                    for pid, blob in s.execute(stmt.where(Embedding.photo_id.in_(part))):
-                        ids.append(pid)
-                        blobs.append(blob)
-            else:
-                for pid, blob in s.execute(stmt.execution_options(yield_per=chunk)):
-                    ids.append(pid)
-                    blobs.append(blob)
-        return np.asarray(ids, dtype=np.int64), decode_vectors(blobs, self.dim)
+    def load_vectors(self, photo_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All (or the given) stored vectors as ``(ids int64, vectors float32 unit-norm)``, by id."""
+        if photo_ids is None:
+            rows = self.reader.rows("SELECT photo_id, vector FROM embeddings ORDER BY photo_id")
+        else:
+            wanted = np.unique(np.asarray(photo_ids, dtype=np.int64)).tolist()
+            rows = list(rows_for_ids(self.reader, "SELECT photo_id, vector FROM embeddings WHERE photo_id IN ({ids})",
+                                     wanted))
+            rows.sort()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, decode_vectors([bytes(r[1]) for r in rows], self.dim)
 
     def vectors_in_order(self, photo_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors for ``photo_ids`` in the order given; ids without a vector are left out."""
@@ -177,18 +219,18 @@ class Collection:
 
     # ---- facts ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        with self.catalog.session() as s:
-            by_status = dict(s.execute(select(Photo.status, func.count()).group_by(Photo.status)).all())
-            files = s.scalar(select(func.count()).select_from(PhotoFile)) or 0
-            file_errors = s.scalar(select(func.count()).select_from(PhotoFile).where(PhotoFile.error.is_not(None))) or 0
-            vectors = s.scalar(select(func.count()).select_from(Embedding)) or 0
+        read = self.reader
+        by_status = dict(read.rows("SELECT status, COUNT(*) FROM photos GROUP BY status"))
+        files = scalar(read, "SELECT COUNT(*) FROM photo_files") or 0
+        file_errors = scalar(read, "SELECT COUNT(*) FROM photo_files WHERE error IS NOT NULL") or 0
+        vectors = scalar(read, "SELECT COUNT(*) FROM embeddings") or 0
         disk = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return {
             "collection": str(self.path),
             "encoder": self.spec.id,
             "photos": sum(by_status.values()),
             "indexed": by_status.get(INDEXED, 0),
-            "pending": by_status.get("pending", 0),
+            "pending": by_status.get(PENDING, 0),
             "errors": by_status.get(ERROR, 0) + file_errors,
             "files": files,
             "vectors": vectors,
@@ -199,25 +241,25 @@ class Collection:
 
     def errors(self) -> list[dict[str, Any]]:
         """Every path that could not be indexed, with its reason."""
-        out: list[dict[str, Any]] = []
-        with self.catalog.session() as s:
-            for path, err in s.execute(select(PhotoFile.path, PhotoFile.error).where(PhotoFile.error.is_not(None))):
-                out.append({"path": path, "error": err})
-            rows = s.execute(
-                select(PhotoFile.path, Photo.error).join(Photo, PhotoFile.photo_id == Photo.id).where(Photo.status == ERROR)
-            )
-            for path, err in rows:
-                out.append({"path": path, "error": err})
-        return sorted(out, key=lambda r: r["path"])
+        rows = self.reader.rows("SELECT path, error FROM photo_files WHERE error IS NOT NULL")
+        rows += self.reader.rows("SELECT f.path, p.error FROM photo_files f JOIN photos p ON f.photo_id = p.id "
+                                 "WHERE p.status = :status", {"status": ERROR})
+        return sorted(({"path": path, "error": err} for path, err in rows), key=lambda r: r["path"])
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def writer_lock(self) -> WriterLock:
         """The collection's writer lock (not yet taken): ``with coll.writer_lock().acquire(wait=...)``."""
-        engine = self.catalog.engine if self.catalog.engine.dialect.name == "postgresql" else None
+        engine = None if sqlite_path(self.url) is not None else self.catalog.engine
+        if engine is not None and engine.dialect.name != "postgresql":
+            engine = None
         return WriterLock(self.path, engine)
 
     def close(self) -> None:
-        self.catalog.dispose()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._catalog is not None:
+            self._catalog.dispose()
 
     def __enter__(self) -> "Collection":
         return self

@@ -25,11 +25,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine, text
+from typing import TYPE_CHECKING, Any
 
 from .errors import WriterBusyError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def describe_holder(info: dict[str, Any] | None) -> str:
 class WriterLock:
     """Exclusive writer lock of one collection; a context manager. See the module docstring."""
 
-    def __init__(self, collection_path: Path, engine: Engine | None = None) -> None:
+    def __init__(self, collection_path: Path, engine: "Engine | None" = None) -> None:
         self.path = Path(collection_path) / LOCK_FILE
         self.engine = engine if engine is not None and engine.dialect.name == "postgresql" else None
         self._fd: int | None = None
@@ -77,6 +78,8 @@ class WriterLock:
         return True
 
     def _try_pg(self) -> bool:
+        from sqlalchemy import text
+
         conn = self.engine.connect()  # type: ignore[union-attr]
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
         conn.commit()
@@ -93,6 +96,8 @@ class WriterLock:
         """What the current holder wrote about itself (may be stale if it just died)."""
         try:
             if self.engine is not None:
+                from sqlalchemy import text
+
                 with self.engine.connect() as conn:
                     raw = conn.execute(text("SELECT value FROM meta WHERE key = 'writer'")).scalar()
             else:
@@ -130,6 +135,8 @@ class WriterLock:
 
     def release(self) -> None:
         if self._conn is not None:
+            from sqlalchemy import text
+
             with contextlib.suppress(Exception):
                 self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})

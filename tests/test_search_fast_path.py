@@ -14,8 +14,8 @@ PROBE = """
 import json, sys
 from ui.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules}),
-      file=sys.stderr)
+print(json.dumps({"rc": rc, "torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
+                  "sqlalchemy": "sqlalchemy" in sys.modules}), file=sys.stderr)
 """
 
 
@@ -46,6 +46,7 @@ def test_fast_path_gives_the_full_models_results_without_torch(fast_collection, 
     common = ["search", query, "--collection", str(coll), "--json", "-k", "10", "--no-collapse"]
     fast, info = _run(*common)
     assert not info["torch"] and not info["open_clip"]
+    assert not info["sqlalchemy"]  # the catalog is read with sqlite3: no ORM import on a plain search
     full, info_full = _run(*common, "--model", f"local-dir:{model}")
     assert info_full["torch"]
     assert [h["id"] for h in fast] == [h["id"] for h in full]
@@ -64,3 +65,15 @@ def test_fast_path_falls_back_to_the_full_model_when_the_export_is_gone(fast_col
     (copy / "query_cache.sqlite").unlink(missing_ok=True)
     hits, info = _run("search", "a yellow star", "--collection", str(copy), "--json", "-k", "5", "--no-collapse")
     assert info["torch"] and len(hits) == 5  # still answers, through the full model
+
+
+def test_info_and_filtered_search_read_the_catalog(fast_collection):
+    coll, _ = fast_collection
+    stats, info = _run("info", "--collection", str(coll), "--json")
+    assert stats["photos"] == stats["vectors"] == 24 and not info["sqlalchemy"] and not info["torch"]
+    hits, info = _run("search", "a red circle", "--collection", str(coll), "--json", "-k", "30",
+                      "--filter", "type=JPEG")
+    assert len(hits) >= 1 and all(h["format"] == "JPEG" for h in hits)
+    assert info["sqlalchemy"]  # metadata filters still go through the ORM
+    none, _ = _run("search", "a red circle", "--collection", str(coll), "--json", "--filter", "type=PNG")
+    assert none == []

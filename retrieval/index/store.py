@@ -81,7 +81,7 @@ def refresh_index(coll: Collection, force_rebuild: bool = False, shards: int | N
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise InputError(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
     folder = index_dir(coll)
-    generation = coll.catalog.generation()
+    generation = coll.generation()
     state = index_state(coll)
     target = target_shards(state) if shards is None else int(shards)
     if target > 1:
@@ -386,7 +386,7 @@ def open_index(coll: Collection) -> SearchableIndex:
     index version, a process that already searches keeps using the version it has (plus an exact
     scan of what it lacks) while the new one loads in a background thread, so no search pays
     for loading and verifying it."""
-    generation = coll.catalog.generation()
+    generation = coll.generation()
     state = index_state(coll)
     version = index_version(state)
     key = str(coll.path.resolve())

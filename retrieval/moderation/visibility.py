@@ -8,23 +8,29 @@ A photo's decision is its current row in ``moderation_state``; a manual tag in t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, exists, or_, select, union
 
-from indexer.catalog_models import ModerationState, Photo, Tag
+from indexer.catalog_read import in_list
 from indexer.collection import Collection
 from indexer.errors import InputError
 
 from .outcomes import HIDDEN_ACTIONS, OUTCOMES
 
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
 TAXONOMY = "moderation"
 SHOW_ALL = ("any", "all")
 
 
-def moderation_condition(value: str) -> ColumnElement[bool] | None:
+def moderation_condition(value: str) -> "ColumnElement[bool] | None":
     """SQL condition on ``Photo`` for ``moderation=value``; None when every photo is wanted."""
+    from sqlalchemy import exists, or_
+
+    from indexer.catalog_models import ModerationState, Photo, Tag
+
     v = value.strip().lower()
     if v in SHOW_ALL:
         return None
@@ -46,13 +52,11 @@ def hidden_ids(coll: Collection, filters: Any = None) -> np.ndarray:
     """
     if asks_for_moderated(filters):
         return np.zeros(0, dtype=np.int64)
-    stmt = union(
-        select(ModerationState.photo_id).where(ModerationState.action.in_(HIDDEN_ACTIONS)),
-        select(Tag.photo_id).where(Tag.taxonomy == TAXONOMY, Tag.label.in_(HIDDEN_ACTIONS)),
-    )
-    with coll.catalog.session() as s:
-        ids = s.scalars(stmt).all()
-    return np.unique(np.asarray(ids, dtype=np.int64))
+    hidden, params = in_list("action", HIDDEN_ACTIONS)
+    rows = coll.reader.rows(f"SELECT photo_id FROM moderation_state WHERE action IN ({hidden}) "
+                            f"UNION SELECT photo_id FROM tags WHERE taxonomy = :taxonomy AND label IN ({hidden})",
+                            {**params, "taxonomy": TAXONOMY})
+    return np.unique(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
 
 
 def visible_mask(coll: Collection, ids: np.ndarray, moderation: str | None = None) -> np.ndarray:
@@ -69,6 +73,10 @@ def visible_mask(coll: Collection, ids: np.ndarray, moderation: str | None = Non
     condition = moderation_condition(moderation)
     if condition is None:
         return np.ones(len(ids), bool)
+    from sqlalchemy import select
+
+    from indexer.catalog_models import Photo
+
     with coll.catalog.session() as s:
         chosen = s.scalars(select(Photo.id).where(condition)).all()
     return np.isin(ids, np.asarray(chosen, dtype=np.int64))

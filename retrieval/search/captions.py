@@ -24,9 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
 
-from indexer.catalog_models import PhotoCaption
+from indexer.catalog_read import rows_for_ids
 from indexer.collection import Collection
 
 log = logging.getLogger(__name__)
@@ -105,16 +104,14 @@ _cache_lock = threading.Lock()
 
 def caption_index(coll: Collection) -> CaptionIndex:
     """The collection's caption index, rebuilt only when the stored captions changed."""
-    with coll.catalog.session() as s:
-        count, newest = s.execute(select(func.count(), func.max(PhotoCaption.created_at))).one()
-        stamp = (int(count), str(newest))
-        key = coll.catalog.url
-        with _cache_lock:
-            cached = _cache.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        index = CaptionIndex.build(s.execute(select(PhotoCaption.photo_id, PhotoCaption.caption)
-                                             .order_by(PhotoCaption.photo_id)))
+    count, newest = coll.reader.rows("SELECT COUNT(*), MAX(created_at) FROM photo_captions")[0]
+    stamp = (int(count), str(newest))
+    key = coll.url
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    index = CaptionIndex.build(coll.reader.rows("SELECT photo_id, caption FROM photo_captions ORDER BY photo_id"))
     log.debug("caption index built: %d captions, %d terms", len(index), len(index.postings))
     with _cache_lock:
         _cache[key] = (stamp, index)
@@ -138,6 +135,5 @@ def captions_of(coll: Collection, ids: Iterable[int]) -> dict[int, str]:
     wanted = [int(i) for i in ids]
     if not wanted:
         return {}
-    with coll.catalog.session() as s:
-        return {int(pid): text for pid, text in s.execute(
-            select(PhotoCaption.photo_id, PhotoCaption.caption).where(PhotoCaption.photo_id.in_(wanted)))}
+    return {int(pid): text for pid, text in rows_for_ids(
+        coll.reader, "SELECT photo_id, caption FROM photo_captions WHERE photo_id IN ({ids})", wanted)}

@@ -8,12 +8,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import and_, exists, or_, select
 
-from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
 from indexer.collection import Collection
 from indexer.errors import InputError
-from retrieval.moderation.visibility import moderation_condition
 
 
 class FilterError(InputError):
@@ -100,6 +97,11 @@ def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray |
     """Ids of indexed photos matching ``filters``; ``None`` when nothing is filtered."""
     if filters is None or filters.is_empty():
         return None
+    from sqlalchemy import and_, exists, or_, select  # the ORM only where a search filters
+
+    from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
+    from retrieval.moderation.visibility import moderation_condition
+
     cond = [Photo.status == INDEXED]
     if filters.taken_after:
         cond.append(Photo.taken_at >= filters.taken_after)

@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sqlalchemy import select
 
-from indexer.catalog_models import Embedding, Photo, PhotoFile, Tag
+from indexer.catalog_read import as_datetime, rows_for_ids, scalar
 from indexer.collection import Collection
 from indexer.errors import InputError
 from indexer.vectors import decode_vectors
@@ -137,15 +136,14 @@ class Searcher:
         return self.encoder.encode_images([img])[0]
 
     def id_vector(self, photo_id: int) -> np.ndarray:
-        with self.coll.catalog.session() as s:
-            blob = s.scalar(select(Embedding.vector).where(Embedding.photo_id == photo_id))
+        blob = scalar(self.coll.reader, "SELECT vector FROM embeddings WHERE photo_id = :id", {"id": int(photo_id)})
         if blob is None:
             raise SearchError(f"photo id {photo_id} is not in the collection (or has no vector)")
-        return decode_vectors([blob], self.coll.dim)[0]
+        return decode_vectors([bytes(blob)], self.coll.dim)[0]
 
     def _stored_vector_for_path(self, path: str) -> np.ndarray | None:
-        with self.coll.catalog.session() as s:
-            pid = s.scalar(select(PhotoFile.photo_id).where(PhotoFile.path_bytes == os.fsencode(os.path.abspath(path))))
+        pid = scalar(self.coll.reader, "SELECT photo_id FROM photo_files WHERE path_bytes = :path",
+                     {"path": os.fsencode(os.path.abspath(path))})
         if pid is None:
             return None
         try:
@@ -265,25 +263,29 @@ class Searcher:
         if not rows:
             return []
         ids = [r[0] for r in rows]
-        with self.coll.catalog.session() as s:
-            photos = {p.id: p for p in s.scalars(select(Photo).where(Photo.id.in_(ids)))}
-            paths: dict[int, list[str]] = {}
-            for pid, path in s.execute(select(PhotoFile.photo_id, PhotoFile.path).where(PhotoFile.photo_id.in_(ids))
-                                       .order_by(PhotoFile.path)):
-                paths.setdefault(pid, []).append(path)
-            tags: dict[int, list[str]] = {}
-            for pid, label in s.execute(select(Tag.photo_id, Tag.label).where(Tag.photo_id.in_(ids))):
-                tags.setdefault(pid, []).append(label)
+        read = self.coll.reader
+        photos = {r[0]: r for r in rows_for_ids(
+            read, "SELECT id, taken_at, camera_make, camera_model, width, height, format, gps_lat, gps_lon "
+                  "FROM photos WHERE id IN ({ids})", ids)}
+        paths: dict[int, list[str]] = {}
+        for pid, path in sorted(rows_for_ids(read, "SELECT photo_id, path FROM photo_files WHERE photo_id IN ({ids})",
+                                             ids), key=lambda r: r[1]):
+            paths.setdefault(pid, []).append(path)
+        tags: dict[int, list[str]] = {}
+        for pid, label in rows_for_ids(read, "SELECT photo_id, label FROM tags WHERE photo_id IN ({ids})", ids):
+            tags.setdefault(pid, []).append(label)
         hits = []
         for pid, score, dups in rows:
             p = photos.get(pid)
             if p is None:  # deleted since the index was read: never return it
                 continue
+            _, taken_at, make, model, width, height, fmt, lat, lon = p
+            taken = as_datetime(taken_at)
             hits.append(SearchHit(
                 id=pid, score=float(score), paths=paths.get(pid, []),
-                taken_at=p.taken_at.isoformat() if p.taken_at else None, camera_make=p.camera_make,
-                camera_model=p.camera_model, width=p.width, height=p.height, format=p.format,
-                gps=(p.gps_lat, p.gps_lon) if p.gps_lat is not None and p.gps_lon is not None else None,
+                taken_at=taken.isoformat() if taken else None, camera_make=make, camera_model=model,
+                width=width, height=height, format=fmt,
+                gps=(lat, lon) if lat is not None and lon is not None else None,
                 tags=sorted(tags.get(pid, [])), duplicates=dups,
             ))
         return hits
