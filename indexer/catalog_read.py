@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .schema_revisions import head_revision
 
@@ -32,7 +32,10 @@ IN_CHUNK = 500  # ids per IN (...) list: well under every backend's bound-parame
 
 
 def sqlite_url(path: Path) -> str:
-    return f"{SQLITE_PREFIX}{path}"
+    """The SQLAlchemy URL of a SQLite file. ``?``, ``#`` and ``%`` in a folder name would otherwise start
+    a query string, a fragment or an escape (the catalog would land in another file): they are
+    escaped as SQLAlchemy's own ``URL.render_as_string`` does, and its URL parser undoes it."""
+    return SQLITE_PREFIX + quote(str(path), safe=" +/")
 
 
 def sqlite_path(url: str) -> str | None:
@@ -40,7 +43,7 @@ def sqlite_path(url: str) -> str | None:
     if not url.startswith(SQLITE_PREFIX):
         return None
     path = url[len(SQLITE_PREFIX):]
-    return path if path and "?" not in path and path != ":memory:" else None
+    return unquote(path) if path and "?" not in path and path != ":memory:" else None
 
 
 class CatalogReader(Protocol):

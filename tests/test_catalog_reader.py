@@ -153,3 +153,23 @@ def test_one_collection_serves_many_threads_and_closes_their_connections(tmp_pat
         reader = coll.reader
         assert isinstance(reader, SqliteReader) and len(reader._open) >= 2
     assert reader._open == [] and coll._reader is None
+
+
+def test_a_collection_folder_with_url_characters_keeps_its_catalog_inside(tmp_path, tiny_encoder):
+    """'?', '#' and '%' in the folder name once made SQLAlchemy open a catalog in another file."""
+    from sqlalchemy.engine import make_url
+
+    from indexer.catalog_read import sqlite_path, sqlite_url
+
+    parent = tmp_path / "odd parent"
+    folder = parent / "holiday?2024 #1 100%25 été"
+    assert make_url(sqlite_url(folder / "catalog.db")).database == sqlite_path(sqlite_url(folder / "catalog.db")) \
+        == str(folder / "catalog.db")
+    make_library(tmp_path / "lib", 4)
+    with Collection.open_for_encoder(folder, tiny_encoder.spec) as coll:
+        index_paths(coll, tiny_encoder, [tmp_path / "lib"], OPTS)
+    assert sorted(p.name for p in parent.iterdir()) == [folder.name]  # no stray catalog beside it
+    assert (folder / "catalog.db").stat().st_size > 0
+    with Collection.open(folder) as coll:
+        assert isinstance(coll.reader, SqliteReader) and coll.stats()["indexed"] == 4
+        assert len(Searcher(coll, tiny_encoder).search_text("a photo", SearchOptions(k=4, collapse=None))) == 4
