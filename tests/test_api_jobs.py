@@ -152,3 +152,27 @@ def test_original_refuses_a_catalogued_file_swapped_for_a_symlink(small, tiny_en
         finally:
             target.unlink()
             target.write_bytes(saved)
+
+
+def test_index_jobs_keep_the_index_in_the_configured_shards(tmp_path, tiny_encoder):
+    """PHOTODEX_INDEX_SHARDS applies to API index jobs as it does to `photodex index`."""
+    from retrieval.index.state import index_state, shard_layout
+
+    lib = tmp_path / "lib"
+    make_library(lib / "first", 6)
+    with Collection.open_for_encoder(tmp_path / "coll", tiny_encoder.spec) as coll:
+        index_paths(coll, tiny_encoder, [lib / "first"], RunOptions(batch_size=8, workers=0))
+        refresh_index(coll)
+        assert shard_layout(index_state(coll)) is None  # one file
+        key = create_api_key(coll.catalog, "writer", "write")
+    settings = Settings(collection=tmp_path / "coll", api_library_roots=[lib], workers=0, batch_size=8, index_shards=3)
+    with TestClient(create_app(settings, encoder_loader=lambda s: tiny_encoder)) as c:
+        make_library(lib / "second", 4, start=50)
+        started = c.post(f"{API}/index/jobs", json={"paths": [str(lib / "second")]}, headers={"X-API-Key": key})
+        assert started.status_code == 202, started.text
+        assert _wait(c, started.json()["id"], key)["status"] == "succeeded"
+        hits = c.post(f"{API}/search", json={"text": "a photo", "k": 20, "collapse": None}).json()["results"]
+        assert len(hits) == 10
+    with Collection.open(tmp_path / "coll") as coll:
+        files, _ = shard_layout(index_state(coll))
+        assert len(files) == 3

@@ -136,7 +136,7 @@ class JobManager:
             if job.cancel.is_set():
                 raise JobCancelled()
             job.phase = "index"
-            index = refresh_index(self.coll)
+            index = refresh_index(self.coll, shards=self.settings.index_shards)
             job.summary = {**(summary.to_dict() if hasattr(summary, "to_dict") else {}), "index": index}
             job.status = "succeeded"
         except JobCancelled:
