@@ -4,6 +4,7 @@ service function, dry runs write nothing, mutating routes need a write key, bad 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from indexer.collection import Collection
 from indexer.settings import Settings
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
+from retrieval.moderation.outcomes import OUTCOMES
 from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies
@@ -21,6 +23,7 @@ from tests.api_support import assert_error
 from tests.world.generate import UNSAFE_CONCEPT
 from tests.world_collection import build_world_collection
 from ui.api.app import create_app
+from ui.api.moderation_schemas import Outcome
 from ui.api.security import create_api_key
 
 API = "/api/v1"
@@ -312,6 +315,8 @@ def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     assert {"ConceptIn", "ConceptScoreOut", "StoredDecisionOut", "PRCurveOut", "OperatingPointOut"} <= set(schemas)
     assert doc["paths"]["/api/v1/policies"]["post"]["security"] == [{"APIKeyHeader": []}]
     assert not [n for n in schemas if n.startswith("Body_")]
+    # the documented outcomes are the moderation vocabulary's, in its order
+    assert get_args(Outcome) == OUTCOMES == tuple(schemas["StoredDecisionOut"]["properties"]["action"]["enum"])
 
 
 def test_no_active_policy_and_another_collection_copy(tmp_path, world):

@@ -4,7 +4,10 @@ its pure helpers, and the Streamlit pages through ``AppTest`` with that client b
 from __future__ import annotations
 
 import io
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,15 +20,15 @@ from indexer.catalog_models import PhotoFile
 from indexer.collection import Collection
 from indexer.settings import Settings
 from tests.api_support import png_bytes
-from tests.helpers import make_library
+from tests.helpers import env_offline, make_library
 from tests.world.generate import UNSAFE_CONCEPT, class_prompt
 from tests.world_collection import build_world_collection
 from ui.api.app import create_app
+from ui.api.ask_schemas import AskResponse
 from ui.api.schemas import SearchFiltersIn, SearchHitOut
 from ui.api.security import create_api_key
 from ui.web import logic
 from ui.web.client import ApiError, NotAvailable, PhotodexClient, filter_items, iter_sse
-from ui.web.models import AskAnswer
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 
@@ -181,7 +184,7 @@ def test_ask_json_and_stream(api):
     assert answer.question == question and answer.answer and answer.retrieved
     items = list(api.ask_stream(question, k=3))
     final = items[-1]
-    assert isinstance(final, AskAnswer) and all(isinstance(x, str) for x in items[:-1]) and len(items) > 1
+    assert isinstance(final, AskResponse) and all(isinstance(x, str) for x in items[:-1]) and len(items) > 1
     assert "".join(items[:-1]) == final.answer == answer.answer  # the streamed text is the answer
     assert {c.id for c in final.citations} <= set(final.shown)
     one = api.ask("what colour is the shape?", photo_id=final.retrieved[0].id)
@@ -251,6 +254,25 @@ def test_logic_helpers():
     assert logic.threshold_range(0.25) == (0.15, 0.35)
     assert logic.threshold_range(0.25, (0.2, None, 0.9, -0.95)) == (-1.0, 1.0)
     assert logic.threshold_range(0.25, (0.2,)) == (0.1, 0.35)
+
+
+# ---- what the web imports ----------------------------------------------------------------------
+WEB_IMPORTS = """
+import json, sys
+import ui.web.client, ui.web.logic, ui.web.models
+print(json.dumps(sorted(sys.modules)))
+"""
+HEAVY = ("sqlalchemy", "torch", "faiss", "fastapi", "retrieval", "answerer", "indexer", "ui.api.app", "ui.api.routers")
+
+
+def test_web_models_are_the_apis_own_without_its_heavy_imports():
+    """The web reads the API's response models, and importing them loads no server, catalog or model code."""
+    proc = subprocess.run([sys.executable, "-c", WEB_IMPORTS], env=env_offline(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout)
+    assert "ui.api.moderation_schemas" in loaded and "ui.api.ask_schemas" in loaded
+    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)] == []
 
 
 # ---- the pages, through Streamlit's AppTest ----------------------------------------------------

@@ -1,4 +1,8 @@
-"""Request and response models of the API (separate, named, documented in the OpenAPI document)."""
+"""Request and response models of the API (separate, named, documented in the OpenAPI document).
+
+Moderation and answering responses are in :mod:`.moderation_schemas` and :mod:`.ask_schemas`. These
+modules import only pydantic, so the web client reads the API with them without loading the server.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Modules:
     app       the Streamlit entry point: page config, navigation, the connection sidebar
     client    PhotodexClient: one typed method per API endpoint (httpx), ApiError / NotAvailable, SSE parsing
-    models    the moderation and answering responses as the client reads them (lean mirrors of the API's)
+    models    policy versions that keep unknown fields, to send back (other responses: the API's own models)
     logic     pure helpers: API URL from args/env, filters, score bounds, labels, policy threshold edits
     session   the session's API URL and key, cached clients, cached thumbnails and searches
     nav       the pages (st.Page per view) and switching between them

@@ -16,7 +16,10 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from ui.api.schemas import (  # plain pydantic models: importing them loads no model or catalog code
+# the API's own models, plain pydantic: importing them loads no model, catalog or server code
+from ui.api.ask_schemas import AskResponse
+from ui.api.moderation_schemas import CalibrationOut, DecisionPage, ModerationDecisionOut, RescanReportOut
+from ui.api.schemas import (
     ClassifyResponse,
     HealthOut,
     IndexJobOut,
@@ -27,15 +30,7 @@ from ui.api.schemas import (  # plain pydantic models: importing them loads no m
     TagCount,
 )
 
-from .models import (
-    AskAnswer,
-    Calibration,
-    DecisionPage,
-    ModerationDecision,
-    PolicyBody,
-    PolicyVersion,
-    RescanReport,
-)
+from .models import PolicyBody, PolicyVersion
 
 API = "/api/v1"
 API_KEY_HEADER = "X-API-Key"
@@ -268,7 +263,7 @@ class PhotodexClient:
 
     # ---- moderation -------------------------------------------------------------------------
     def moderate(self, *, data: bytes | None = None, filename: str = "photo.jpg", photo_id: int | None = None,
-                 policy: str | None = None, version: int | None = None) -> ModerationDecision:
+                 policy: str | None = None, version: int | None = None) -> ModerationDecisionOut:
         """``POST /moderate``: every concept's score and level and the action for an upload or a photo."""
         form: dict[str, Any] = {}
         if photo_id is not None:
@@ -278,7 +273,7 @@ class PhotodexClient:
         if version is not None:
             form["version"] = str(version)
         files = {"file": (filename, data, "application/octet-stream")} if data is not None else None
-        return self._json(ModerationDecision, "POST", "/moderate", data=form, files=files)
+        return self._json(ModerationDecisionOut, "POST", "/moderate", data=form, files=files)
 
     def policies(self, name: str | None = None, curves: bool = False) -> list[PolicyVersion]:
         """``GET /policies``: every stored version (``curves``: with the stored calibration curves)."""
@@ -309,7 +304,7 @@ class PhotodexClient:
         return self._json(DecisionPage, "GET", "/decisions", params=params)
 
     def rescan(self, policy: str | None = None, version: int | None = None, dry_run: bool = True,
-               thresholds: dict[str, float] | None = None) -> RescanReport:
+               thresholds: dict[str, float] | None = None) -> RescanReportOut:
         """``POST /moderate/rescan``: what applying a policy version would change (``dry_run``, optionally with
         ``thresholds`` moved, nothing stored) or apply it (``dry_run=False``, write key)."""
         body: dict[str, Any] = {"dry_run": dry_run}
@@ -319,12 +314,12 @@ class PhotodexClient:
             body["policy"] = policy
         if version is not None:
             body["version"] = version
-        return self._json(RescanReport, "POST", "/moderate/rescan", json=body)
+        return self._json(RescanReportOut, "POST", "/moderate/rescan", json=body)
 
     def calibrate(self, concept: str, positive_ids: Sequence[int], negative_ids: Sequence[int], *,
                   target_precision: float | None = None, target_recall: float | None = None,
                   policy: str | None = None, version: int | None = None, write: bool = False,
-                  activate: bool = False) -> Calibration:
+                  activate: bool = False) -> CalibrationOut:
         """``POST /moderate/calibrate``: the concept's precision-recall curve on labelled photos and the
         threshold reaching the target (``write``: stored as a new version, write key)."""
         body: dict[str, Any] = {"concept": concept, "positive_ids": [int(i) for i in positive_ids],
@@ -333,7 +328,7 @@ class PhotodexClient:
                             ("policy", policy), ("version", version)):
             if value is not None:
                 body[name] = value
-        return self._json(Calibration, "POST", "/moderate/calibrate", json=body)
+        return self._json(CalibrationOut, "POST", "/moderate/calibrate", json=body)
 
     # ---- answering --------------------------------------------------------------------------
     @staticmethod
@@ -355,16 +350,16 @@ class PhotodexClient:
 
     def ask(self, question: str, *, k: int | None = None, filters: SearchFiltersIn | None = None,
             photo_id: int | None = None, strategy: str | None = None,
-            max_new_tokens: int | None = None) -> AskAnswer:
+            max_new_tokens: int | None = None) -> AskResponse:
         """``POST /ask`` (JSON): the answer, its checked citations, what was retrieved and dropped."""
         body = self._ask_body(question, k, filters, photo_id, strategy, max_new_tokens)
-        return self._json(AskAnswer, "POST", "/ask", json=body, headers={"Accept": "application/json"})
+        return self._json(AskResponse, "POST", "/ask", json=body, headers={"Accept": "application/json"})
 
     def ask_stream(self, question: str, *, k: int | None = None, filters: SearchFiltersIn | None = None,
                    photo_id: int | None = None, strategy: str | None = None,
-                   max_new_tokens: int | None = None) -> Iterator[str | AskAnswer]:
+                   max_new_tokens: int | None = None) -> Iterator[str | AskResponse]:
         """``POST /ask`` as Server-Sent Events: the answer's text chunks (``str``) as they are generated,
-        then the whole :class:`AskAnswer`. An ``error`` event raises :class:`ApiError`."""
+        then the whole :class:`AskResponse`. An ``error`` event raises :class:`ApiError`."""
         body = self._ask_body(question, k, filters, photo_id, strategy, max_new_tokens)
         try:
             with self.http.stream("POST", f"{API}/ask", json=body,
@@ -373,13 +368,13 @@ class PhotodexClient:
                     resp.read()
                     raise self._failure(resp, "POST", "/ask")
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    yield AskAnswer.model_validate_json(resp.read())  # a server that does not stream
+                    yield AskResponse.model_validate_json(resp.read())  # a server that does not stream
                     return
                 for event in iter_sse(resp.iter_lines()):
                     if event.event == "token":
                         yield str(event.json())
                     elif event.event == "answer":
-                        yield AskAnswer.model_validate_json(event.data)
+                        yield AskResponse.model_validate_json(event.data)
                         return
                     elif event.event == "error":
                         err = event.json().get("error", {}) if isinstance(event.json(), dict) else {}

@@ -1,6 +1,6 @@
 """``POST /ask``: a question answered by the VLM from retrieved photos (or one given photo), with checked citations.
 
-JSON (:class:`AskResponse`, the CLI's ``AskResult.to_dict()``) by default. With ``Accept:
+JSON (:class:`~ui.api.ask_schemas.AskResponse`, the CLI's ``AskResult.to_dict()``) by default. With ``Accept:
 text/event-stream`` the answer streams as Server-Sent Events (FastAPI's ``EventSourceResponse``)::
 
     event: token    data: "<text chunk>"          one per chunk, JSON strings
@@ -37,6 +37,7 @@ from answerer.vlm import VLM, VLMLoadError, shared_vlm
 from indexer.errors import InputError
 from indexer.settings import Settings
 
+from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
 from ..errors import ApiError, responses
 from ..schemas import DEFAULT_COLLAPSE, SearchFiltersIn
@@ -51,7 +52,7 @@ MAX_ASK_K = 100
 _RETRIEVAL_FIELDS = ("k", "filters", "query", "collapse", "strategy", "min_relevance")
 
 
-# ---- schemas ------------------------------------------------------------------------------------
+# ---- request ------------------------------------------------------------------------------------
 class AskRequest(BaseModel):
     """A question over the collection (retrieval, then the VLM), or about one photo (``photo_id``)."""
 
@@ -84,45 +85,6 @@ class AskRequest(BaseModel):
         elif self.moderation is not None:
             raise ValueError("moderation goes with photo_id; for retrieval use filters.moderation")
         return self
-
-
-class RetrievedOut(BaseModel):
-    id: int
-    score: float
-    path: str | None
-
-
-class CitationOut(BaseModel):
-    id: int
-    paths: list[str]
-
-
-class DroppedOut(BaseModel):
-    id: int
-    reason: str = Field(description="max_images, context, unreadable: ..., below relevance threshold")
-
-
-class PhotoAnswerOut(BaseModel):
-    id: int
-    answer: str
-    supports: bool
-
-
-class AskResponse(BaseModel):
-    """The answer, the photos it cites (checked against those shown), and what was retrieved and dropped."""
-
-    question: str
-    answer: str
-    strategy: Literal["joint", "per-photo", "single", "none"]
-    model: str
-    citations: list[CitationOut]
-    retrieved: list[RetrievedOut]
-    shown: list[int]
-    dropped: list[DroppedOut]
-    invented: list[int] = Field(description="ids the model cited without being shown them (not in citations)")
-    per_photo: list[PhotoAnswerOut]
-    nothing_relevant: bool
-    timings: dict[str, float]
 
 
 # ---- the model ----------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ collection's writer lock (409 ``writer_busy`` while an index job or ``photodex i
 
 Policy bodies are validated by the policy model itself (:class:`PolicyIn` narrows it for the
 API: ``templates`` is a built-in set name or a list of templates, never a file on the server).
+The response models are in :mod:`ui.api.moderation_schemas` (plain pydantic, shared with the web client).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -33,6 +34,15 @@ from retrieval.moderation.store import PolicyRecord, activate_policy, get_policy
 
 from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, SettingsDep, WriteAccess, require_write
 from ..errors import ApiError, responses
+from ..moderation_schemas import (
+    CalibrationOut,
+    DecisionPage,
+    ModerationDecisionOut,
+    Outcome,
+    PolicyVersionOut,
+    RescanReportOut,
+    StoredDecisionOut,
+)
 from ..uploads import read_upload
 from .search import _require_photo
 
@@ -43,7 +53,6 @@ MAX_PAGE = 1000
 PhotoIdInt = Annotated[int, Field(ge=1, le=2**62)]
 PolicyName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Prompt = Annotated[str, StringConstraints(max_length=500)]
-Outcome = Literal["allow", "review", "flag", "quarantine", "block"]
 
 
 # ---- request models -----------------------------------------------------------------------------
@@ -112,160 +121,6 @@ class CalibrateRequest(_Request):
         if self.activate and not self.write:
             raise ValueError("activate goes with write")
         return self
-
-
-# ---- response models ----------------------------------------------------------------------------
-class ConceptOut(BaseModel):
-    name: str
-    prompts: list[str]
-    templates: str | list[str] | None
-    contrast: list[str]
-    threshold: float
-    review_threshold: float | None
-    action: str
-    special_care: bool
-
-
-class PolicyOut(BaseModel):
-    name: str
-    description: str
-    concepts: list[ConceptOut]
-    special_care_adjustment: float
-    encoder: str | None
-
-
-class OperatingPointOut(BaseModel):
-    threshold: float
-    precision: float
-    recall: float
-    f1: float
-    tp: int
-    fp: int
-    fn: int
-    tn: int
-    target: Literal["precision", "recall"]
-    target_value: float
-
-
-class PRCurveOut(BaseModel):
-    """The precision-recall curve (at most 200 points, thresholds descending)."""
-
-    thresholds: list[float]
-    precision: list[float]
-    recall: list[float]
-    positives: int
-    negatives: int
-    average_precision: float
-
-
-class CalibrationSummaryOut(BaseModel):
-    point: OperatingPointOut
-    calibrated_on_version: int
-    created_at: str
-
-
-class CalibrationEntryOut(CalibrationSummaryOut):
-    curve: PRCurveOut
-
-
-class PolicyVersionOut(BaseModel):
-    """One stored policy version; ``calibration`` has each calibrated concept's point (and curve if asked)."""
-
-    id: int
-    name: str
-    version: int
-    active: bool
-    encoder: str
-    created_at: str
-    note: str | None
-    policy: PolicyOut
-    calibration: dict[str, CalibrationEntryOut | CalibrationSummaryOut]
-
-
-class ConceptScoreOut(BaseModel):
-    name: str
-    score: float
-    threshold: float = Field(description="effective threshold (after the special-care adjustment)")
-    review_threshold: float | None
-    margin: float = Field(description="score - threshold: >= 0 is a hit")
-    level: Literal["hit", "review", "none"]
-    action: str
-
-
-class ModerationDecisionOut(BaseModel):
-    """The decision for one image: the outcome, every concept's result and the policy version."""
-
-    source: str = Field(description="'upload' or 'id:<photo id>'")
-    action: Outcome
-    concepts: list[ConceptScoreOut]
-    policy: str
-    version: int | None
-    adjusted: bool = Field(description="the special-care adjustment applied")
-    photo_id: int | None
-    error: str | None = None
-    hits: list[str]
-
-
-class StoredDecisionOut(BaseModel):
-    """A stored decision (history row) and the policy version that made it."""
-
-    id: int
-    photo_id: int
-    photo_sha256: str = Field(description="identifies the photo even after it is deleted (its id may be reused)")
-    action: Outcome
-    hits: list[str]
-    review: list[str]
-    adjusted: bool
-    scores: dict[str, float]
-    policy: str
-    version: int
-    run_id: int | None
-    created_at: str
-    current: bool
-    photo_deleted: bool = Field(False, description="the photo left the catalog; its history is kept")
-    history: list[StoredDecisionOut] = Field(default_factory=list, description="with history=true, oldest first")
-
-
-class DecisionPage(BaseModel):
-    offset: int
-    limit: int
-    count: int
-    results: list[StoredDecisionOut]
-
-
-class ConceptCountsOut(BaseModel):
-    hit: int
-    review: int
-
-
-class RescanReportOut(BaseModel):
-    """What a re-evaluation found (dry run) or did (real run)."""
-
-    policy: str
-    version: int
-    dry_run: bool
-    photos: int
-    changed: int
-    by_action: dict[str, int] = Field(description="every photo's new outcome")
-    by_concept: dict[str, ConceptCountsOut]
-    changes: dict[str, int] = Field(description="'allow -> quarantine': count, for changing photos")
-    changed_by_concept: dict[str, int]
-    examples: dict[str, list[int]] = Field(description="a few photo ids per change and concept")
-    rescored: int = Field(0, description="photos scored from their stored vectors; the others were re-decided "
-                                         "from their stored scores (prompts unchanged)")
-    run_id: int | None
-    seconds: float
-
-
-class CalibrationOut(BaseModel):
-    """The concept's curve on the labelled photos, the chosen point and the new version (if written)."""
-
-    concept: str
-    policy: str
-    version: int = Field(description="the policy version the scores were computed with")
-    point: OperatingPointOut
-    curve: PRCurveOut
-    written_version: int | None
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui.api.ask_schemas import AskResponse
+
 from .. import session
 from ..client import ApiError
-from ..models import AskAnswer
 from ..widgets import filters_sidebar, id_grid, show_error, unavailable
 
 ANSWER = "ask_answer"
@@ -28,21 +29,21 @@ def render() -> None:
         submitted = st.form_submit_button("Ask", type="primary")
     if submitted and question.strip():
         st.session_state[ANSWER] = _stream(question.strip(), k, filters, int(photo_id) if photo_id else None)
-    elif isinstance(st.session_state.get(ANSWER), AskAnswer):
+    elif isinstance(st.session_state.get(ANSWER), AskResponse):
         st.markdown(st.session_state[ANSWER].answer)
     result = st.session_state.get(ANSWER)
-    if isinstance(result, AskAnswer):
+    if isinstance(result, AskResponse):
         _details(result)
 
 
-def _stream(question: str, k: int, filters, photo_id: int | None) -> AskAnswer | None:
+def _stream(question: str, k: int, filters, photo_id: int | None) -> AskResponse | None:
     """Write the answer as its chunks arrive; the final result (citations, ...) or None on failure."""
-    final: list[AskAnswer] = []
+    final: list[AskResponse] = []
 
     def chunks():
         for item in session.client().ask_stream(question, k=None if photo_id else k, filters=None if photo_id
                                                 else filters, photo_id=photo_id):
-            if isinstance(item, AskAnswer):
+            if isinstance(item, AskResponse):
                 final.append(item)
             else:
                 yield item
@@ -56,7 +57,7 @@ def _stream(question: str, k: int, filters, photo_id: int | None) -> AskAnswer |
     return final[0] if final else None
 
 
-def _details(result: AskAnswer) -> None:
+def _details(result: AskResponse) -> None:
     if result.nothing_relevant:
         st.info("No retrieved photo was relevant enough; the model was not asked.")
     if result.citations:

@@ -8,18 +8,22 @@ key); applying activates that version and runs the real rescan.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from ui.api.moderation_schemas import CalibrationEntryOut, Outcome, PRCurveOut, RescanReportOut
+
 from .. import session
 from ..client import ApiError
 from ..logic import curve_at, parse_labels, threshold_range, with_threshold
-from ..models import PolicyVersion, PRCurve, RescanReport
+from ..models import PolicyVersion
 from ..widgets import id_grid, show_error, unavailable
 
 EXAMPLES = 5
-OUTCOMES = ("allow", "review", "flag", "quarantine", "block")
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 def render() -> None:
@@ -67,8 +71,8 @@ def _thresholds(versions: list[PolicyVersion]) -> tuple[PolicyVersion, str]:
     record, concept = _choose(versions)
     c = record.policy.concept(concept)
     entry = record.calibration.get(concept)
-    ends = (entry.curve.thresholds[0], entry.curve.thresholds[-1]) if entry and entry.curve and \
-        entry.curve.thresholds else ()
+    ends = (entry.curve.thresholds[0], entry.curve.thresholds[-1]) if isinstance(entry, CalibrationEntryOut) \
+        and entry.curve.thresholds else ()
     lo, hi = threshold_range(c.threshold, (c.review_threshold, *ends))
     threshold = st.slider(f"Threshold for “{concept}” (action: {c.action})", lo, hi, float(c.threshold), step=0.005,
                           format="%.3f", key=f"m_thr_{record.name}_{record.version}_{concept}",
@@ -90,18 +94,18 @@ def _thresholds(versions: list[PolicyVersion]) -> tuple[PolicyVersion, str]:
 
 @st.cache_data(show_spinner="Dry run…", ttl=30, max_entries=64)
 def _dry_run_cached(url: str, key: str | None, policy: str, version: int, epoch: int,
-                    concept: str | None, threshold: float | None) -> RescanReport:
+                    concept: str | None, threshold: float | None) -> RescanReportOut:
     moved = {concept: threshold} if concept is not None and threshold is not None else None
     return session.client_for(url, key).rescan(policy, version, dry_run=True, thresholds=moved)
 
 
-def _dry_run(policy: str, version: int, concept: str | None = None, threshold: float | None = None) -> RescanReport:
+def _dry_run(policy: str, version: int, concept: str | None = None, threshold: float | None = None) -> RescanReportOut:
     """What applying the version would change; with ``concept``/``threshold`` moved, still writing nothing."""
     return _dry_run_cached(session.api_url(), session.api_key(), policy, version, st.session_state.get("m_epoch", 0),
                            concept, None if threshold is None else round(threshold, 6))
 
 
-def _report(report: RescanReport, base: RescanReport, concept: str, moved: bool) -> None:
+def _report(report: RescanReportOut, base: RescanReportOut, concept: str, moved: bool) -> None:
     counts, now = report.by_concept.get(concept), base.by_concept.get(concept)
     cols = st.columns(4)
     cols[0].metric("Photos", report.photos)
@@ -123,7 +127,7 @@ def _report(report: RescanReport, base: RescanReport, concept: str, moved: bool)
             id_grid(ids[:EXAMPLES], columns=EXAMPLES)
 
 
-def _apply(record: PolicyVersion, concept: str, threshold: float | None, report: RescanReport) -> None:
+def _apply(record: PolicyVersion, concept: str, threshold: float | None, report: RescanReportOut) -> None:
     """Store the moved threshold as a new version (only now), activate it and re-decide the library."""
     what = f"{record.name} with {concept} at {threshold:.3f}" if threshold is not None else \
         f"{record.name} v{record.version}"
@@ -148,7 +152,7 @@ def _apply(record: PolicyVersion, concept: str, threshold: float | None, report:
 
 def _curve(record: PolicyVersion, concept: str, threshold: float) -> None:
     entry = record.calibration.get(concept)
-    if entry is None or entry.curve is None:
+    if not isinstance(entry, CalibrationEntryOut):  # none, or a summary without its curve
         st.caption("No calibration curve stored for this concept: calibrate it in the Calibrate tab.")
         return
     p = curve_at(entry.curve.thresholds, entry.curve.precision, threshold)
@@ -159,7 +163,7 @@ def _curve(record: PolicyVersion, concept: str, threshold: float) -> None:
     curve_chart(entry.curve, threshold, entry.point.threshold)
 
 
-def curve_chart(curve: PRCurve, threshold: float, chosen: float | None = None) -> None:
+def curve_chart(curve: PRCurveOut, threshold: float, chosen: float | None = None) -> None:
     """Precision and recall against the threshold, with the slider's threshold (and the calibrated one) marked."""
     frame = pd.DataFrame({"threshold": curve.thresholds * 2, "value": curve.precision + curve.recall,
                           "metric": ["precision"] * len(curve.thresholds) + ["recall"] * len(curve.thresholds)})
