@@ -49,6 +49,8 @@ def sqlite_path(url: str) -> str | None:
 class CatalogReader(Protocol):
     """Read-only queries with ``:name`` parameters; rows are plain tuples."""
 
+    dialect: str  # "sqlite", "postgresql", ...
+
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
 
     def close(self) -> None: ...
@@ -75,6 +77,15 @@ def in_list(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     return ", ".join(f":{k}" for k in params), params
 
 
+def sql_datetime(reader: "CatalogReader", value: datetime) -> Any:
+    """``value`` bound as the catalog stores a DateTime: SQLAlchemy keeps SQLite DateTimes as
+    ``YYYY-MM-DD HH:MM:SS.ffffff`` text (so the text comparison orders them); other drivers take datetimes."""
+    if getattr(reader, "dialect", "sqlite") != "sqlite":
+        return value
+    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
+            f"{value.second:02d}.{value.microsecond:06d}")
+
+
 def as_datetime(value: Any) -> datetime | None:
     """A DateTime column as read: SQLAlchemy stores ISO text in SQLite; other drivers give datetimes."""
     if value is None or isinstance(value, datetime):
@@ -84,6 +95,8 @@ def as_datetime(value: Any) -> datetime | None:
 
 class SqliteReader:
     """Read-only ``sqlite3`` connections (one per thread) on a catalog known to be at the newest schema."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str, immutable: bool) -> None:
         self.path = path
@@ -139,6 +152,7 @@ class EngineReader:
 
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
+        self.dialect = engine.dialect.name
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         from sqlalchemy import text

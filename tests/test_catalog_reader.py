@@ -173,3 +173,51 @@ def test_a_collection_folder_with_url_characters_keeps_its_catalog_inside(tmp_pa
     with Collection.open(folder) as coll:
         assert isinstance(coll.reader, SqliteReader) and coll.stats()["indexed"] == 4
         assert len(Searcher(coll, tiny_encoder).search_text("a photo", SearchOptions(k=4, collapse=None))) == 4
+
+
+FILTER_CASES = [
+    ["after=2021-01-01"], ["before=2020-06-01"], ["after=2021-07-04T18:30:05"], ["before=2021-07-04T18:30:05"],
+    ["make=canon"], ["make=CAN%"], ["camera=eos"], ["gps=true"], ["gps=false"], ["type=jpeg"], ["type=png"],
+    ["tag=dog"], ["tag=dog,beach"], ["tag=dog", "tag=cat"], ["moderation=quarantine"], ["moderation=any"],
+    ["moderation=block"], ["path=*copy*"], ["path=*img_0003*"], ["after=2020-01-01", "gps=false"],
+]
+
+
+def _expected_ids(coll: Collection, filters) -> list[int]:
+    """The filter's meaning, evaluated in Python over the ORM's objects (the oracle for the SQL)."""
+    import fnmatch
+
+    out = []
+    with coll.catalog.session() as s:
+        for p in s.scalars(select(Photo).order_by(Photo.id)):
+            tags = s.execute(select(Tag.taxonomy, Tag.label).where(Tag.photo_id == p.id)).all()
+            paths = s.scalars(select(PhotoFile.path).where(PhotoFile.photo_id == p.id)).all()
+            ok = [p.status == "indexed",
+                  filters.taken_after is None or (p.taken_at is not None and p.taken_at >= filters.taken_after),
+                  filters.taken_before is None or (p.taken_at is not None and p.taken_at <= filters.taken_before),
+                  filters.camera_make is None or (p.camera_make or "").lower() == filters.camera_make.lower()
+                  or (filters.camera_make.endswith("%") and (p.camera_make or "").lower().startswith(
+                      filters.camera_make[:-1].lower()) and p.camera_make is not None),
+                  filters.camera_model is None or filters.camera_model.lower() in (p.camera_model or "\0").lower(),
+                  filters.has_gps is None or filters.has_gps == (p.gps_lat is not None and p.gps_lon is not None),
+                  filters.file_type is None or p.format == filters.file_type,
+                  all(label in {lab for _, lab in tags} for label in filters.tags),
+                  filters.moderation in (None, "any") or ("moderation", filters.moderation) in tags,
+                  filters.path is None or any(fnmatch.fnmatch(x, filters.path) for x in paths)]
+            if all(ok):
+                out.append(p.id)
+    return out
+
+
+def test_metadata_filters_in_sql_mean_what_they_say(described):
+    from retrieval.search.filters import allowed_ids, parse_filters
+
+    path, url, _ = described
+    with Collection.open(path, url) as coll:
+        chosen = set()
+        for case in FILTER_CASES:
+            filters = parse_filters(case)
+            got = allowed_ids(coll, filters).tolist()
+            assert got == _expected_ids(coll, filters), case
+            chosen.add(tuple(got))
+        assert len(chosen) >= 6  # the cases select different sets, not all-or-nothing

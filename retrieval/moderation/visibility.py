@@ -8,7 +8,7 @@ A photo's decision is its current row in ``moderation_state``; a manual tag in t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,26 +18,23 @@ from indexer.errors import InputError
 
 from .outcomes import HIDDEN_ACTIONS, OUTCOMES
 
-if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
-
 TAXONOMY = "moderation"
 SHOW_ALL = ("any", "all")
 
 
-def moderation_condition(value: str) -> "ColumnElement[bool] | None":
-    """SQL condition on ``Photo`` for ``moderation=value``; None when every photo is wanted."""
-    from sqlalchemy import exists, or_
-
-    from indexer.catalog_models import ModerationState, Photo, Tag
-
+def moderation_condition(value: str) -> tuple[str, dict[str, Any]] | None:
+    """SQL condition on ``photos`` (with its parameters) for ``moderation=value``; None when every
+    photo is wanted."""
     v = value.strip().lower()
     if v in SHOW_ALL:
         return None
-    tagged = exists().where(Tag.photo_id == Photo.id, Tag.taxonomy == TAXONOMY, Tag.label == value.strip())
+    params: dict[str, Any] = {"mod_taxonomy": TAXONOMY, "mod_label": value.strip()}
+    tagged = ("EXISTS (SELECT 1 FROM tags mt WHERE mt.photo_id = photos.id AND mt.taxonomy = :mod_taxonomy "
+              "AND mt.label = :mod_label)")
     if v not in OUTCOMES:
-        return tagged
-    return or_(exists().where(ModerationState.photo_id == Photo.id, ModerationState.action == v), tagged)
+        return tagged, params
+    decided = "EXISTS (SELECT 1 FROM moderation_state ms WHERE ms.photo_id = photos.id AND ms.action = :mod_action)"
+    return f"({decided} OR {tagged})", {**params, "mod_action": v}
 
 
 def asks_for_moderated(filters: Any) -> bool:
@@ -73,10 +70,6 @@ def visible_mask(coll: Collection, ids: np.ndarray, moderation: str | None = Non
     condition = moderation_condition(moderation)
     if condition is None:
         return np.ones(len(ids), bool)
-    from sqlalchemy import select
-
-    from indexer.catalog_models import Photo
-
-    with coll.catalog.session() as s:
-        chosen = s.scalars(select(Photo.id).where(condition)).all()
+    sql, params = condition
+    chosen = [r[0] for r in coll.reader.rows(f"SELECT photos.id FROM photos WHERE {sql}", params)]
     return np.isin(ids, np.asarray(chosen, dtype=np.int64))

@@ -9,8 +9,10 @@ from datetime import datetime
 
 import numpy as np
 
+from indexer.catalog_read import sql_datetime
 from indexer.collection import Collection
 from indexer.errors import InputError
+from indexer.photo_status import INDEXED
 
 
 class FilterError(InputError):
@@ -97,34 +99,39 @@ def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray |
     """Ids of indexed photos matching ``filters``; ``None`` when nothing is filtered."""
     if filters is None or filters.is_empty():
         return None
-    from sqlalchemy import and_, exists, or_, select  # the ORM only where a search filters
-
-    from indexer.catalog_models import INDEXED, Photo, PhotoFile, Tag
     from retrieval.moderation.visibility import moderation_condition
 
-    cond = [Photo.status == INDEXED]
+    read = coll.reader
+    cond, params = ["photos.status = :status"], {"status": INDEXED}
     if filters.taken_after:
-        cond.append(Photo.taken_at >= filters.taken_after)
+        cond.append("photos.taken_at >= :after")
+        params["after"] = sql_datetime(read, filters.taken_after)
     if filters.taken_before:
-        cond.append(Photo.taken_at <= filters.taken_before)
-    if filters.camera_make:
-        cond.append(Photo.camera_make.ilike(filters.camera_make))
+        cond.append("photos.taken_at <= :before")
+        params["before"] = sql_datetime(read, filters.taken_before)
+    if filters.camera_make:  # case-insensitive, as SQLAlchemy's ilike
+        cond.append("lower(photos.camera_make) LIKE lower(:make)")
+        params["make"] = filters.camera_make
     if filters.camera_model:
-        cond.append(Photo.camera_model.ilike(f"%{filters.camera_model}%"))
+        cond.append("lower(photos.camera_model) LIKE lower(:model)")
+        params["model"] = f"%{filters.camera_model}%"
     if filters.has_gps is not None:
-        has = and_(Photo.gps_lat.is_not(None), Photo.gps_lon.is_not(None))
-        cond.append(has if filters.has_gps else or_(Photo.gps_lat.is_(None), Photo.gps_lon.is_(None)))
+        cond.append("(photos.gps_lat IS NOT NULL AND photos.gps_lon IS NOT NULL)" if filters.has_gps
+                    else "(photos.gps_lat IS NULL OR photos.gps_lon IS NULL)")
     if filters.file_type:
-        cond.append(Photo.format == filters.file_type)
-    for label in filters.tags:
-        cond.append(exists().where(Tag.photo_id == Photo.id, Tag.label == label))
+        cond.append("photos.format = :format")
+        params["format"] = filters.file_type
+    for n, label in enumerate(filters.tags):
+        cond.append(f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.photo_id = photos.id AND t{n}.label = :tag{n})")
+        params[f"tag{n}"] = label
     if filters.moderation and (moderated := moderation_condition(filters.moderation)) is not None:
-        cond.append(moderated)
-    with coll.catalog.session() as s:
-        if filters.path:
-            rows = s.execute(select(Photo.id, PhotoFile.path).join(PhotoFile, PhotoFile.photo_id == Photo.id)
-                             .where(*cond)).all()
-            ids = {pid for pid, path in rows if fnmatch.fnmatch(path, filters.path)}
-        else:
-            ids = set(s.scalars(select(Photo.id).where(*cond)))
+        cond.append(moderated[0])
+        params.update(moderated[1])
+    where = " AND ".join(cond)
+    if filters.path:
+        rows = read.rows(f"SELECT photos.id, f.path FROM photos JOIN photo_files f ON f.photo_id = photos.id "
+                         f"WHERE {where}", params)
+        ids = {pid for pid, path in rows if fnmatch.fnmatch(path, filters.path)}
+    else:
+        ids = {r[0] for r in read.rows(f"SELECT photos.id FROM photos WHERE {where}", params)}
     return np.fromiter(sorted(ids), dtype=np.int64, count=len(ids))
