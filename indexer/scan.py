@@ -1,4 +1,15 @@
-"""Find photo files under folders: recursive, glob filters, safe against symlink cycles."""
+"""Find photo files under folders: recursive, glob filters, safe against symlink cycles.
+
+Camera RAW files (:data:`RAW_EXTENSIONS`: ``.dng``, ``.cr2``, ``.nef``, ``.arw``, ...) are photos,
+with one rule, as in rclip: a RAW whose folder also holds a *processed sibling*, a file with the
+same stem (case-insensitive) and one of :data:`PROCESSED_EXTENSIONS` (``IMG_0001.JPG`` beside
+``IMG_0001.CR2``), is skipped. The camera's or the editor's rendering is the better picture and far
+cheaper to decode, and indexing both would show every shot twice. Only a sibling the scan itself
+would yield counts (a regular file, not hidden, not left out by ``include``/``exclude``, with an
+extension in ``extensions``). A skipped RAW is not a problem and is not reported: it is simply not
+yielded, so the catalog forgets it if it was indexed before and indexes it on the first run after
+its sibling is gone. A RAW given directly as a root is always yielded.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +22,17 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+RAW_EXTENSIONS = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".rwl", ".raf",
+     ".pef", ".srw", ".x3f", ".3fr", ".fff", ".erf", ".kdc", ".dcr", ".mrw", ".iiq", ".mos", ".mef"}
+)
+"""Camera RAW extensions (decoded with LibRaw through rawpy, the ``raw`` extra). ``.raw`` itself is
+left out: too many files that are not photos (disk images, sensor dumps) are called that."""
+PROCESSED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".heic", ".heif", ".png", ".tif", ".tiff", ".webp"})
+"""A file with one of these beside a RAW of the same stem makes the scan skip the RAW."""
 PHOTO_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
-)
+) | RAW_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -34,8 +53,28 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", errors="backslashreplace")
 
 
+def _extension(name: bytes) -> str:
+    return os.path.splitext(name)[1].decode(errors="replace").lower()
+
+
 def _has_photo_extension(name: bytes, extensions: frozenset[str]) -> bool:
-    return os.path.splitext(name)[1].decode(errors="replace").lower() in extensions
+    return _extension(name) in extensions
+
+
+def _is_file(entry: os.DirEntry[bytes]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _stem_key(name: bytes) -> bytes:
+    """The case-insensitive stem of a file name (``IMG_0001.CR2`` and ``img_0001.jpg`` share one)."""
+    stem = os.path.splitext(name)[0]
+    try:
+        return stem.decode("utf-8").casefold().encode("utf-8")
+    except UnicodeDecodeError:
+        return stem.lower()
 
 
 def _stat(path: bytes, what: str, report: Callable[[ScanProblem], None]) -> os.stat_result | None:
@@ -128,7 +167,7 @@ def scan(
             except OSError as exc:
                 report(ScanProblem(folder, f"cannot list folder: {exc.strerror}"))
                 continue
-            subdirs = []
+            subdirs, candidates = [], []
             for entry in entries:
                 rel = display_path(os.path.relpath(entry.path, root_b))
                 try:
@@ -144,6 +183,14 @@ def scan(
                 if include and not _matches(rel, include):
                     continue
                 if exclude and _matches(rel, exclude):
+                    continue
+                candidates.append(entry)
+            processed = {_stem_key(e.name) for e in candidates
+                         if _extension(e.name) in PROCESSED_EXTENSIONS and _is_file(e)}
+            for entry in candidates:
+                if processed and _extension(entry.name) in RAW_EXTENSIONS and _stem_key(entry.name) in processed:
+                    log.debug("skipping %s: a processed sibling of the same name is indexed instead",
+                              display_path(entry.path))
                     continue
                 if entry.path in seen_files:
                     continue

@@ -84,9 +84,9 @@ def get_photo(runtime: RuntimeDep, photo_id: PhotoId) -> PhotoOut:
 def thumbnail(runtime: RuntimeDep, photo_id: PhotoId,
               size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = 256) -> Response:
     """A JPEG thumbnail (EXIF orientation applied) whose longest side is ``size``."""
-    f, photo, _ = open_catalogued(runtime, photo_id)
+    f, photo, row = open_catalogued(runtime, photo_id)
     with f:
-        img, _ = decode_photo(f, size)
+        img, _ = decode_photo(f, size, name=bytes(row.path_bytes))  # the name picks the decoder (camera RAW)
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
