@@ -248,7 +248,9 @@ def camera_raw_format(path: bytes | str | BinaryIO, name: bytes | str | None = N
     label = name if name is not None else path if isinstance(path, (str, bytes)) else getattr(path, "name", None)
     if isinstance(label, (str, bytes)):
         ext = os.path.splitext(os.fsdecode(label))[1].lower()
-        return ext[1:].upper() if ext in RAW_EXTENSIONS else None
+        if ext not in RAW_EXTENSIONS:
+            return None
+        return None if _regular_image_header(path) else ext[1:].upper()
     if isinstance(path, (str, bytes)):
         return None
     try:
@@ -258,6 +260,28 @@ def camera_raw_format(path: bytes | str | BinaryIO, name: bytes | str | None = N
     except (AttributeError, OSError, ValueError):
         return None
     return _sniff_raw(head) if isinstance(head, bytes) else None
+
+
+_REGULAR_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _regular_image_header(path: bytes | str | BinaryIO) -> bool:
+    """Whether a file named like a camera RAW starts like a JPEG, PNG, GIF, BMP, WebP or HEIF (a renamed
+    or mislabelled file): Pillow decodes it as what it is, as it does for any other name."""
+    try:
+        if isinstance(path, (str, bytes)):
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+        else:
+            start = path.tell()
+            head = path.read(16)
+            path.seek(start)
+    except (AttributeError, OSError, ValueError):
+        return False  # the RAW decoder reports an unreadable file
+    if not isinstance(head, bytes):
+        return False
+    return (head.startswith(_REGULAR_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or (head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif")))
 
 
 def _sniff_raw(head: bytes) -> str | None:

@@ -370,3 +370,17 @@ def test_api_thumbnail_of_a_raw_photo(tmp_path, tiny_encoder):
     big = Image.open(io.BytesIO(large.content))
     assert big.size == (60, 80) and _labels(big, RAW_SRGB) == _expected(list(RAW_SRGB), 6)
     assert orig.status_code == 200 and orig.content == shot.read_bytes()
+
+
+@pytest.mark.parametrize("fmt,name", [("JPEG", "renamed.dng"), ("PNG", "export.NEF")])
+def test_a_regular_image_named_like_a_raw_decodes_as_what_it_is(tmp_path, fmt, name):
+    """A mislabelled file decodes by its content, as every other name does (LibRaw would refuse it), so a
+    byte-identical copy under a regular name is not lost with it."""
+    src = random_photo(tmp_path / f"src.{fmt.lower()}", size=(40, 30), seed=3, format=fmt)
+    path = tmp_path / name
+    path.write_bytes(src.read_bytes())
+    img, facts = decode_photo(str(path), 224)
+    assert facts.format == fmt and img.size == (40, 30)
+    with open(path, "rb") as fh:
+        assert decode_photo(fh, 224, name=name)[1].format == fmt
+    assert decode_photo(io.BytesIO(src.read_bytes()), 224)[1].format == fmt
