@@ -186,7 +186,8 @@ def scan(
                     continue
                 candidates.append(entry)
             processed = {_stem_key(e.name) for e in candidates
-                         if _extension(e.name) in PROCESSED_EXTENSIONS and _is_file(e)}
+                         if _extension(e.name) in PROCESSED_EXTENSIONS and _is_file(e)} \
+                if any(_extension(e.name) in RAW_EXTENSIONS for e in candidates) else set()
             for entry in candidates:
                 if processed and _extension(entry.name) in RAW_EXTENSIONS and _stem_key(entry.name) in processed:
                     log.debug("skipping %s: a processed sibling of the same name is indexed instead",

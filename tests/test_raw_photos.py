@@ -204,11 +204,12 @@ def test_corrupt_raws_are_recorded_and_the_run_goes_on(tmp_path, tiny_encoder):
     data = write_dng(lib / "full.dng", bayer_mosaic(two_colour_scene(80, 120)), taken_at=None).read_bytes()
     (lib / "full.dng").unlink()
     (lib / "truncated.dng").write_bytes(data[: len(data) // 2])
-    (lib / "not_a_raw.cr2").write_bytes(b"\xff\xd8\xff\xe0 this is no camera RAW" * 40)
+    (lib / "not_a_raw.cr2").write_bytes(b"this is no camera RAW" * 40)
+    (lib / "broken_jpeg.cr2").write_bytes(b"\xff\xd8\xff\xe0 a JPEG named .cr2, cut short" * 40)
     random_photo(lib / "plain.jpg")
     coll = Collection.open_for_encoder(tmp_path / "coll", tiny_encoder.spec)
     summary = index_paths(coll, tiny_encoder, [lib], OPTS)
-    assert summary.encode.encoded == 2 and summary.encode.errors == 2
+    assert summary.encode.encoded == 2 and summary.encode.errors == 3
     with coll.catalog.session() as s:
         rows = {Path(f.path).name: (p.status, p.error, p.format)
                 for f, p in s.execute(select(PhotoFile, Photo).join(Photo, Photo.id == PhotoFile.photo_id))}
@@ -216,6 +217,7 @@ def test_corrupt_raws_are_recorded_and_the_run_goes_on(tmp_path, tiny_encoder):
     assert rows["good.dng"] == (INDEXED, None, "DNG") and rows["plain.jpg"][:2] == (INDEXED, None)
     assert rows["truncated.dng"][0] == ERROR and rows["truncated.dng"][1].startswith("corrupt or truncated camera RAW")
     assert rows["not_a_raw.cr2"][0] == ERROR and "unsupported or corrupt camera RAW (CR2)" in rows["not_a_raw.cr2"][1]
+    assert rows["broken_jpeg.cr2"][0] == ERROR and rows["broken_jpeg.cr2"][1].startswith("corrupt or truncated image")
     assert good.exists()
 
 
