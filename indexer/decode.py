@@ -175,6 +175,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_FILE_PROBLEMS = (FileNotFoundError, PermissionError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _file_problem(exc: BaseException) -> str:
+    """The recorded reason for the failures every decoder shares: file gone, no permission, bomb guard."""
+    if isinstance(exc, FileNotFoundError):
+        return "file vanished before it could be read"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"image too large (decompression-bomb guard): {exc}"
+
+
 def decode_photo(path: bytes | str | os.PathLike[str] | BinaryIO, target_size: int | None = None, *,
                  name: bytes | str | None = None) -> tuple[Image.Image, PhotoFacts]:
     """Open, DCT-scale (JPEG), orient and convert one photo; raise :class:`DecodeError` with a reason.
@@ -207,14 +219,10 @@ def decode_photo(path: bytes | str | os.PathLike[str] | BinaryIO, target_size: i
                 rgb = to_rgb(oriented)
                 if rgb is img:
                     rgb = img.copy()
-    except FileNotFoundError:
-        raise DecodeError("file vanished before it could be read") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
+    except _FILE_PROBLEMS as exc:
+        raise DecodeError(_file_problem(exc)) from None
     except UnidentifiedImageError:
         raise DecodeError("not a recognised image (unsupported or corrupt file)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"image too large (decompression-bomb guard): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-photo error, never a crash
@@ -485,12 +493,8 @@ def _decode_raw(source: bytes | str | BinaryIO, fmt: str, target_size: int | Non
                     fh.close()
     except DecodeError:
         raise
-    except FileNotFoundError:
-        raise DecodeError("file vanished before it could be read") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"image too large (decompression-bomb guard): {exc}") from None
+    except _FILE_PROBLEMS as exc:
+        raise DecodeError(_file_problem(exc)) from None
     except (rawpy.LibRawFileUnsupportedError, rawpy.NotSupportedError) as exc:
         raise DecodeError(f"unsupported or corrupt camera RAW ({fmt}): {_reason(exc)}") from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError, rawpy.LibRawInputClosedError, EOFError) as exc:
