@@ -475,6 +475,18 @@ def _open_raw(rawpy: Any, source: bytes | str | BinaryIO, fh: BinaryIO) -> Any:
     return raw
 
 
+def camera_raw_size(stream: BinaryIO) -> tuple[int, int]:
+    """(width, height) of a camera RAW as displayed, from what LibRaw reads of its header (nothing is
+    unpacked): the pixel check of an upload. :class:`DecodeError` when rawpy is missing or LibRaw refuses it."""
+    rawpy = _import_rawpy()
+    try:
+        with _open_raw(rawpy, stream, stream) as raw:
+            sizes = raw.sizes
+            return (sizes.height, sizes.width) if sizes.flip & 4 else (sizes.width, sizes.height)
+    except rawpy.LibRawError as exc:
+        raise DecodeError(f"unsupported or corrupt camera RAW: {_reason(exc)}") from None
+
+
 def _decode_raw(source: bytes | str | BinaryIO, fmt: str, target_size: int | None) -> tuple[Image.Image, PhotoFacts]:
     """Decode a camera RAW: its preview when big enough, else a half-size demosaic (see the module doc)."""
     rawpy = _import_rawpy()

@@ -386,3 +386,29 @@ def test_a_regular_image_named_like_a_raw_decodes_as_what_it_is(tmp_path, fmt, n
     with open(path, "rb") as fh:
         assert decode_photo(fh, 224, name=name)[1].format == fmt
     assert decode_photo(io.BytesIO(src.read_bytes()), 224)[1].format == fmt
+
+
+def test_api_uploads_of_a_raw_are_checked_by_the_raws_own_size_and_searched(tmp_path, tiny_encoder):
+    """A DNG's TIFF header names its small preview: the upload pixel limit must count the RAW itself."""
+    from fastapi.testclient import TestClient
+
+    from indexer.settings import Settings
+    from ui.api.app import create_app
+
+    shot = write_dng(tmp_path / "lib" / "shot.dng", bayer_mosaic(two_colour_scene(80, 120)),
+                     preview=Image.fromarray(np.full((8, 12, 3), 200, np.uint8)))
+    random_photo(tmp_path / "lib" / "other.jpg")
+    coll = Collection.open_for_encoder(tmp_path / "coll", tiny_encoder.spec)
+    index_paths(coll, tiny_encoder, [tmp_path / "lib"], OPTS)
+    coll.close()
+    data = shot.read_bytes()
+    for limit, status in ((80 * 120, 200), (80 * 120 - 1, 422)):
+        settings = Settings(collection=tmp_path / "coll", api_max_upload_pixels=limit)
+        with TestClient(create_app(settings, encoder_loader=lambda s: tiny_encoder)) as client:
+            got = client.post("/api/v1/search/image", files={"file": ("upload.bin", data, "application/octet-stream")},
+                              data={"k": "2", "collapse": ""})
+        assert got.status_code == status, got.text
+        if status == 200:
+            top = got.json()["results"][0]
+            assert top["paths"] == [str(shot)] and top["score"] > 0.99  # found itself
+    assert got.json()["error"]["code"] == "too_many_pixels" and got.json()["error"]["detail"]["width"] == 120

@@ -16,6 +16,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.decode import RAWPY_MISSING, DecodeError, camera_raw_format, camera_raw_size
+
 from .errors import ApiError, error_response
 
 CHUNK = 1 << 20
@@ -32,20 +34,38 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> bytes:
     if not buf:
         raise ApiError(422, "empty_upload", "the uploaded file is empty")
     data = bytes(buf)
+    width, height = _camera_raw_size(data, upload) or _image_size(data, upload)
+    if width * height > max_pixels:
+        raise ApiError(422, "too_many_pixels", f"image has {width}x{height} pixels; the limit is {max_pixels}",
+                       {"width": width, "height": height, "max_pixels": max_pixels})
+    return data
+
+
+def _image_size(data: bytes, upload: UploadFile) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                width, height = img.size
+                return img.size
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise ApiError(415, "unsupported_media_type", "the upload is not an image in a supported format",
                        {"content_type": upload.content_type}) from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure is a bad upload
         raise ApiError(422, "undecodable_image", f"cannot read the image header: {type(exc).__name__}") from None
-    if width * height > max_pixels:
-        raise ApiError(422, "too_many_pixels", f"image has {width}x{height} pixels; the limit is {max_pixels}",
-                       {"width": width, "height": height, "max_pixels": max_pixels})
-    return data
+
+
+def _camera_raw_size(data: bytes, upload: UploadFile) -> tuple[int, int] | None:
+    """A camera RAW's own size (a TIFF-based RAW's header names only its small preview); None: not a RAW.
+    Recognised by its header, as the decoder does for an upload (the file name is the client's to choose)."""
+    stream = io.BytesIO(data)
+    if camera_raw_format(stream) is None:
+        return None
+    try:
+        return camera_raw_size(stream)
+    except DecodeError as exc:
+        code = "unsupported_media_type" if str(exc) == RAWPY_MISSING else "undecodable_image"
+        raise ApiError(415 if code == "unsupported_media_type" else 422, code, str(exc),
+                       {"content_type": upload.content_type}) from None
 
 
 class BodyTooLarge(HTTPException):
