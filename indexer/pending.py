@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from .catalog_models import PENDING, Photo, PhotoFile
 from .collection import Collection
+from .photo_status import PENDING
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass
@@ -31,7 +32,7 @@ class EncodeReport:
         return d
 
 
-BatchHook = Callable[[Session, np.ndarray, np.ndarray], Any]
+BatchHook = Callable[["Session", np.ndarray, np.ndarray], Any]
 """Called inside a batch's transaction with (session, photo ids, their vectors): its writes commit or
 roll back with the vectors (photodex uses it for moderation decisions at ingest)."""
 
@@ -41,6 +42,10 @@ def pending_items(coll: Collection, after: int | None = None, limit: int | None 
 
     ``after``/``limit``: only photos with a larger id, at most ``limit`` of them (one page of a
     keyset walk, so a caller can hold a bounded window of a huge pending list)."""
+    from sqlalchemy import func, select
+
+    from .catalog_models import Photo, PhotoFile
+
     with coll.catalog.session() as s:
         files = select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid")).where(PhotoFile.photo_id.is_not(None))
         if after is not None:
@@ -59,7 +64,7 @@ def pending_items(coll: Collection, after: int | None = None, limit: int | None 
 
 def pending_count(coll: Collection) -> int:
     """How many photos wait for a vector (one cheap query; no model needed)."""
-    with coll.catalog.session() as s:
-        return int(s.scalar(select(func.count()).select_from(Photo).where(Photo.status == PENDING)) or 0)
+    got = coll.reader.rows("SELECT COUNT(*) FROM photos WHERE status = :pending", {"pending": PENDING})
+    return int(got[0][0] or 0)
 
 

@@ -159,3 +159,39 @@ def test_unchanged_library_does_not_load_the_encoder(tmp_path, tiny_clip):
     again = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--json").stdout)
     assert again["encoder_loaded"] is False and again["sync"]["unchanged"] == 3
     assert again["index"]["action"] == "up-to-date"
+    probe = ("import sys; from ui.cli import main; rc = main(sys.argv[1:]); "
+             "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'torch')), file=sys.stderr)")
+    light = subprocess.run([sys.executable, "-c", probe, "index", str(lib), "--collection", str(coll), "--json"],
+                           env=env_offline(), capture_output=True, text=True, timeout=300)
+    assert light.stderr.strip().splitlines()[-1] == "0 []"  # writes nothing, so no ORM (and no torch)
+
+
+def test_a_photo_left_without_a_path_is_removed_by_the_next_unchanged_run(tmp_path, tiny_encoder):
+    """A run killed between recording a changed file (now pointing at its new photo) and removing the
+    photo it no longer points at leaves a photo with no path: the next run, though nothing changed on
+    disk, removes it and its vector."""
+    from datetime import datetime
+
+    from sqlalchemy import select
+
+    from indexer.catalog_models import Embedding, Photo
+    from indexer.collection import Collection
+    from indexer.run import RunOptions, index_paths
+
+    lib = tmp_path / "lib"
+    make_library(lib, 4)
+    with Collection.open_for_encoder(tmp_path / "coll", tiny_encoder.spec) as coll:
+        index_paths(coll, tiny_encoder, [lib], RunOptions(workers=0))
+        with coll.catalog.session() as s, s.begin():
+            vector = s.scalars(select(Embedding.vector)).first()
+            orphan = Photo(sha256="f" * 64, size=1, status="indexed", created_at=datetime(2024, 1, 1))
+            s.add(orphan)
+            s.flush()
+            s.add(Embedding(photo_id=orphan.id, vector=vector))
+            orphan_id = orphan.id
+        generation = coll.generation()
+        summary = index_paths(coll, tiny_encoder, [lib], RunOptions(workers=0))
+        with coll.catalog.session() as s:
+            assert s.get(Photo, orphan_id) is None and s.get(Embedding, orphan_id) is None
+        assert summary.sync.unchanged == 4 and summary.sync.removed_photos == 1
+        assert coll.generation() > generation and not summary.encoder_loaded

@@ -103,7 +103,12 @@ def ensure_fast_text_path(coll: Collection, load: Callable[[], "Encoder"]) -> st
 
 
 def ingest_hook() -> Callable[..., Any]:
-    """What every index run does with each committed batch: the active moderation policy's decisions."""
-    from retrieval.moderation.rescan import decide_in_session
+    """What every index run does with each committed batch: the active moderation policy's decisions
+    (imported at the first batch, so a run with nothing to encode stays light)."""
 
-    return decide_in_session
+    def decide(*args: Any, **kwargs: Any) -> Any:
+        from retrieval.moderation.rescan import decide_in_session
+
+        return decide_in_session(*args, **kwargs)
+
+    return decide
