@@ -53,6 +53,28 @@ def describe_holder(info: dict[str, Any] | None) -> str:
             + (f" ({info['command']})" if info.get("command") else ""))
 
 
+_HELD_FDS: set[int] = set()  # lock files this process holds
+_fork_hook = False
+
+
+def _forget_held_in_child() -> None:
+    """In a forked child (a decode worker, say) close the inherited lock files: ``flock`` belongs to the
+    open file, so a worker that outlives a SIGKILLed writer for a few seconds would otherwise keep the
+    collection locked in a dead writer's name. Closing the child's copy leaves the parent's lock held."""
+    for fd in list(_HELD_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+def _hold(fd: int) -> None:
+    global _fork_hook
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_forget_held_in_child)
+        _fork_hook = True
+    _HELD_FDS.add(fd)
+
+
 class WriterLock:
     """Exclusive writer lock of one collection; a context manager. See the module docstring."""
 
@@ -75,6 +97,7 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd
+        _hold(fd)
         return True
 
     def _try_pg(self) -> bool:
@@ -130,6 +153,7 @@ class WriterLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
+            _HELD_FDS.discard(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 

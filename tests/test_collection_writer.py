@@ -79,6 +79,34 @@ def test_stale_lock_of_a_dead_process_is_taken_over(created, tiny_encoder):
         assert index_paths(coll, tiny_encoder, [lib], OPTS).encode.encoded == 12
 
 
+KILLED_WRITER = """
+import os, sys, time
+from indexer.writer_lock import WriterLock
+lock = WriterLock(sys.argv[1]).acquire()
+if os.fork() == 0:  # a decode worker: it inherits the writer's open files and outlives it for a while
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1), os.dup2(null, 2)  # not the test's pipes: it reads until they close
+    time.sleep(10)
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(0.2)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_sigkilled_writers_lingering_worker_does_not_keep_the_lock(created):
+    """flock belongs to the open file, and a forked worker shares it: a worker still alive after its
+    writer was SIGKILLed kept the collection locked in the dead writer's name until it noticed."""
+    from indexer.writer_lock import WriterLock
+
+    coll_dir, _ = created
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(coll_dir)], capture_output=True, text=True,
+                          timeout=60, env=env_offline())
+    assert proc.returncode == -9 and proc.stdout.strip() == "locked"
+    with WriterLock(coll_dir).acquire():  # at once, while the orphaned child still sleeps
+        pass
+
+
 def _two_concurrent_runs(coll_dir: Path, lib: Path, extra: list[str]) -> list[tuple[int, str]]:
     procs = [_cli("index", str(lib), "--collection", str(coll_dir), *extra) for _ in range(2)]
     results = []
