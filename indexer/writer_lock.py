@@ -53,17 +53,21 @@ def describe_holder(info: dict[str, Any] | None) -> str:
             + (f" ({info['command']})" if info.get("command") else ""))
 
 
-_HELD_FDS: set[int] = set()  # lock files this process holds
+_HELD_FDS: set[int] = set()  # lock files (and the PostgreSQL lock's socket) this process holds
 _fork_hook = False
 
 
 def _forget_held_in_child() -> None:
     """In a forked child (a decode worker, say) close the inherited lock files: ``flock`` belongs to the
     open file, so a worker that outlives a SIGKILLed writer for a few seconds would otherwise keep the
-    collection locked in a dead writer's name. Closing the child's copy leaves the parent's lock held."""
-    for fd in list(_HELD_FDS):
+    collection locked in a dead writer's name. Dropping the child's copy leaves the parent's lock held."""
+    if not _HELD_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in list(_HELD_FDS):  # /dev/null in its place: the number stays taken, so nothing reuses it
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.dup2(null, fd)
+    os.close(null)
     _HELD_FDS.clear()
 
 
@@ -75,6 +79,14 @@ def _hold(fd: int) -> None:
     _HELD_FDS.add(fd)
 
 
+def _socket_fd(conn: Any) -> int | None:
+    """The socket of a SQLAlchemy connection's DB-API connection (psycopg: ``fileno()``), if it has one."""
+    try:
+        return int(conn.connection.dbapi_connection.fileno())
+    except Exception:  # noqa: BLE001 - a driver without fileno: the lock still works, only without this care
+        return None
+
+
 class WriterLock:
     """Exclusive writer lock of one collection; a context manager. See the module docstring."""
 
@@ -83,6 +95,7 @@ class WriterLock:
         self.engine = engine if engine is not None and engine.dialect.name == "postgresql" else None
         self._fd: int | None = None
         self._conn: Any = None
+        self._pg_fd: int | None = None
 
     # ---- one attempt ---------------------------------------------------------------------
     def _try_file(self) -> bool:
@@ -113,6 +126,9 @@ class WriterLock:
         conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"), {"v": json.dumps(holder_info())})
         conn.commit()
         self._conn = conn
+        self._pg_fd = _socket_fd(conn)
+        if self._pg_fd is not None:  # the server keeps the lock while any process holds this socket open
+            _hold(self._pg_fd)
         return True
 
     def holder(self) -> dict[str, Any] | None:
@@ -160,6 +176,8 @@ class WriterLock:
     def release(self) -> None:
         if self._conn is not None:
             from sqlalchemy import text
+
+            _HELD_FDS.discard(self._pg_fd)  # type: ignore[arg-type]
 
             with contextlib.suppress(Exception):
                 self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))

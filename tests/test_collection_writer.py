@@ -82,7 +82,11 @@ def test_stale_lock_of_a_dead_process_is_taken_over(created, tiny_encoder):
 KILLED_WRITER = """
 import os, sys, time
 from indexer.writer_lock import WriterLock
-lock = WriterLock(sys.argv[1]).acquire()
+engine = None
+if len(sys.argv) > 2:
+    from indexer.catalog import make_engine
+    engine = make_engine(sys.argv[2])
+lock = WriterLock(sys.argv[1], engine).acquire()
 if os.fork() == 0:  # a decode worker: it inherits the writer's open files and outlives it for a while
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1), os.dup2(null, 2)  # not the test's pipes: it reads until they close
@@ -94,17 +98,26 @@ os.kill(os.getpid(), 9)
 """
 
 
-def test_a_sigkilled_writers_lingering_worker_does_not_keep_the_lock(created):
-    """flock belongs to the open file, and a forked worker shares it: a worker still alive after its
-    writer was SIGKILLed kept the collection locked in the dead writer's name until it noticed."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_sigkilled_writers_lingering_worker_does_not_keep_the_lock(created, backend, request):
+    """flock belongs to the open file (a PostgreSQL advisory lock to the session behind the socket), and
+    a forked worker shares both: a worker still alive after its writer was SIGKILLed kept the collection
+    locked in the dead writer's name until it noticed."""
+    from indexer.catalog import Catalog
     from indexer.writer_lock import WriterLock
 
     coll_dir, _ = created
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(coll_dir)], capture_output=True, text=True,
-                          timeout=60, env=env_offline())
-    assert proc.returncode == -9 and proc.stdout.strip() == "locked"
-    with WriterLock(coll_dir).acquire():  # at once, while the orphaned child still sleeps
-        pass
+    url = [request.getfixturevalue("pg_database_url")] if backend == "postgresql" else []
+    catalog = Catalog(url[0]) if url else None  # the schema, with its meta table
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(coll_dir), *url], capture_output=True,
+                          text=True, timeout=60, env=env_offline())
+    assert proc.returncode == -9 and proc.stdout.strip() == "locked", proc.stderr
+    try:
+        with WriterLock(coll_dir, catalog.engine if catalog else None).acquire(wait=True, timeout=3):
+            pass  # at once (well within the orphaned child's 10 s), not after it exits
+    finally:
+        if catalog:
+            catalog.dispose()
 
 
 def _two_concurrent_runs(coll_dir: Path, lib: Path, extra: list[str]) -> list[tuple[int, str]]:
