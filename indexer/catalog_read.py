@@ -1,8 +1,8 @@
 """Read-only SQL on the catalog without the ORM, so that read commands start fast.
 
 Importing SQLAlchemy and declaring the ORM models costs a cold process about 0.25 s on a
-2-core machine, a quarter of a one-shot ``photodex search``. Reads on the search and ``info``
-paths are therefore plain SQL with ``:name`` parameters, run by :class:`SqliteReader` (the
+2-core machine, a third of what a one-shot ``photodex search`` took. Reads on the search, ``info``
+and index-compare paths are therefore plain SQL with ``:name`` parameters, run by :class:`SqliteReader` (the
 standard library's ``sqlite3``, read-only) on the embedded catalog at the newest schema, and by
 :class:`EngineReader` (SQLAlchemy ``text()``) everywhere else: PostgreSQL, or a SQLite catalog
 that first needs the migrations or can only be opened through the read-only fallbacks of
