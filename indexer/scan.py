@@ -109,6 +109,7 @@ def scan(
     exclude: Sequence[str] = (),
     extensions: frozenset[str] = PHOTO_EXTENSIONS,
     problems: list[ScanProblem] | None = None,
+    raw_beside_processed: list[bytes] | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield photo files under ``roots`` (files given directly are yielded too).
 
@@ -116,7 +117,8 @@ def scan(
     the file name. Directories are visited once by (device, inode), so symlink cycles and
     overlapping roots end; each file path is yielded or reported at most once. Unreadable folders
     and anything that is not a regular file (FIFO, socket, device) are reported through
-    ``problems`` and skipped: nothing here opens a file.
+    ``problems`` and skipped: nothing here opens a file. RAW files left out beside their processed
+    sibling (see the module docstring) are appended to ``raw_beside_processed``.
     """
     sink: Callable[[ScanProblem], None] = problems.append if problems is not None else (lambda _p: None)
     seen_dirs: set[tuple[int, int]] = set()
@@ -192,6 +194,8 @@ def scan(
                 if processed and _extension(entry.name) in RAW_EXTENSIONS and _stem_key(entry.name) in processed:
                     log.debug("skipping %s: a processed sibling of the same name is indexed instead",
                               display_path(entry.path))
+                    if raw_beside_processed is not None:
+                        raw_beside_processed.append(entry.path)
                     continue
                 if entry.path in seen_files:
                     continue

@@ -35,6 +35,7 @@ class SyncReport:
     removed_files: int = 0
     removed_photos: int = 0
     file_errors: int = 0
+    raw_beside_processed: int = 0  # RAW files left out: a JPEG (or HEIC, ...) of the same name is indexed instead
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -125,7 +126,8 @@ def sync_catalog(
     problems: list[ScanProblem] = []
     seen: set[bytes] = set()
     todo: list[ScannedFile] = []
-    for entry in scan(roots, include, exclude, problems=problems):
+    raw_skipped: list[bytes] = []
+    for entry in scan(roots, include, exclude, problems=problems, raw_beside_processed=raw_skipped):
         report.scanned += 1
         seen.add(entry.path)
         row = known.get(entry.path)
@@ -134,6 +136,7 @@ def sync_catalog(
                 report.unchanged += 1
                 continue
         todo.append(entry)
+    report.raw_beside_processed = len(raw_skipped)
     unlisted = {p.path for p in problems}  # folders among them were not looked into: keep what is under them
     seen |= unlisted
     gone = [path for path in known if path not in seen and not _inside(path, unlisted)]

@@ -260,12 +260,14 @@ def test_raw_is_indexed_once_its_jpeg_sibling_is_gone_and_dropped_when_one_appea
     summary, rows = run()
     assert rows == {"IMG_0001.JPG": (INDEXED, None), "IMG_0002.dng": (INDEXED, None)}
     assert summary.sync.file_errors == 0 and summary.encode.errors == 0
+    assert summary.sync.raw_beside_processed == 1  # counted and said, not an error
     summary, rows = run()  # nothing changed: nothing to do, the skipped RAW is no error
     assert summary.sync.unchanged == 2 and summary.sync.hashed == 0 and summary.encode.encoded == 0
     jpeg.unlink()
     summary, rows = run()
     assert rows == {"IMG_0001.dng": (INDEXED, None), "IMG_0002.dng": (INDEXED, None)}
     assert summary.sync.removed_files == 1 and summary.encode.encoded == 1
+    assert summary.sync.raw_beside_processed == 0
     random_photo(lib / "img_0001.jpeg", seed=2)  # an edit exported beside it: the RAW gives way again
     summary, rows = run()
     assert rows == {"img_0001.jpeg": (INDEXED, None), "IMG_0002.dng": (INDEXED, None)}
@@ -412,3 +414,19 @@ def test_api_uploads_of_a_raw_are_checked_by_the_raws_own_size_and_searched(tmp_
             top = got.json()["results"][0]
             assert top["paths"] == [str(shot)] and top["score"] > 0.99  # found itself
     assert got.json()["error"]["code"] == "too_many_pixels" and got.json()["error"]["detail"]["width"] == 120
+
+
+def test_cli_says_how_many_raws_were_left_out_beside_their_jpeg(tmp_path, tiny_clip, capsys):
+    from ui.cli import main
+
+    lib = tmp_path / "lib"
+    write_dng(lib / "IMG_0001.CR2", bayer_mosaic(two_colour_scene(40, 60)))  # named like a Canon RAW
+    random_photo(lib / "IMG_0001.jpg")
+    random_photo(lib / "other.jpg", seed=4)
+    args = ["index", str(lib), "--collection", str(tmp_path / "coll"), "--model", f"local-dir:{tiny_clip[0]}",
+            "--workers", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "scanned 2 files" in out and "; 1 RAW files left out beside a JPEG/HEIC of the same name" in out
+    assert main([*args[:4], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sync"]["raw_beside_processed"] == 1

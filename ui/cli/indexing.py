@@ -77,7 +77,9 @@ def _index_text(d: dict[str, Any]) -> str:
     lines = [
         f"scanned {s['scanned']} files: {s['unchanged']} unchanged, {s['new_photos']} new photos, "
         f"{s['linked_existing']} matched by content (moved/copied), {s['removed_files']} paths removed, "
-        f"{s['removed_photos']} photos removed",
+        f"{s['removed_photos']} photos removed"
+        + (f"; {s['raw_beside_processed']} RAW files left out beside a JPEG/HEIC of the same name"
+           if s.get("raw_beside_processed") else ""),
         f"encoded {e['encoded']} photos in {e['seconds']:.1f}s ({e['photos_per_second']:.1f} photos/s); "
         f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
         f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
