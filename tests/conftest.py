@@ -65,7 +65,7 @@ def pg_database_url() -> str:
     admin.dispose()
 
 
-from tests.world.fixtures import world_library, world_tiny_clip_dir, world_tiny_vlm_dir  # noqa: E402,F401
+from tests.world.fixtures import vlm, world_library, world_tiny_clip_dir, world_tiny_vlm_dir  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

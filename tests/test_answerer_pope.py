@@ -51,14 +51,6 @@ def write_pope_file(root: Path, n_images: int = 16, seed: int = 77) -> tuple[Pat
 
 
 @pytest.fixture(scope="module")
-def vlm(world_tiny_vlm_dir) -> VLM:
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
-
-
-@pytest.fixture(scope="module")
 def pope_file(tmp_path_factory) -> tuple[Path, int]:
     return write_pope_file(tmp_path_factory.mktemp("pope"))
 

@@ -14,12 +14,6 @@ QUESTION = "what colour is the object?"
 
 
 @pytest.fixture(scope="module")
-def vlm(world_tiny_vlm_dir) -> VLM:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
-
-
-@pytest.fixture(scope="module")
 def samples():
     return generate_samples(24, 515)
 

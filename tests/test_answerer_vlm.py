@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +13,6 @@ from answerer.vlm import VLM, Request, VLMLoadError, shared_vlm
 from tests.world.generate import CLASSES, generate_samples
 
 HELD_OUT_SEED = 9001  # the VLM trained on 4321-4323
-
-
-@pytest.fixture(scope="module")
-def vlm(world_tiny_vlm_dir: Path) -> VLM:
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
 
 
 @pytest.fixture(scope="module")

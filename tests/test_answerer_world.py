@@ -25,14 +25,6 @@ def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
 
 
 @pytest.fixture(scope="module")
-def vlm(world_tiny_vlm_dir) -> VLM:
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
-
-
-@pytest.fixture(scope="module")
 def answerer(world, vlm):
     coll = world.open()
     yield Answerer(Searcher(coll, world.encoder), vlm)

@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 
 from answerer.captions import CaptionOptions, caption_collection
 from answerer.rag import Answerer, AskOptions, HiddenPhotoError
-from answerer.vlm import VLM
 from indexer.catalog_models import PhotoCaption, Tag
 from indexer.errors import InputError, WriterBusyError
 from retrieval.search.captions import CaptionIndex, caption_matches, tokenize
@@ -30,14 +29,6 @@ POSITION = "is the object on the left or the right?"  # the tiny VLM answers "le
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
     return build_world_collection(tmp_path_factory.mktemp("caption_world"), world_tiny_clip_dir, n=240, seed=21)
-
-
-@pytest.fixture(scope="module")
-def vlm(world_tiny_vlm_dir) -> VLM:
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Pytest fixtures for the synthetic world (import them from ``tests/conftest.py``).
 
-    from tests.world.fixtures import world_tiny_clip_dir, world_tiny_vlm_dir, world_library  # noqa: F401
+    from tests.world.fixtures import vlm, world_tiny_clip_dir, world_tiny_vlm_dir, world_library  # noqa: F401
 """
 
 from __future__ import annotations
@@ -32,6 +32,17 @@ def world_tiny_vlm_dir() -> Path:
     if not (TINY_VLM_DIR / "config.json").is_file():
         pytest.skip(f"tiny VLM missing; run: python -m tests.world.train_vlm --out {TINY_VLM_DIR}")
     return TINY_VLM_DIR
+
+
+@pytest.fixture(scope="module")
+def vlm(world_tiny_vlm_dir: Path):
+    """The trained tiny VLM loaded on the CPU (at most two torch threads); a fresh one per test module."""
+    import torch
+
+    from answerer.vlm import VLM
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return VLM(str(world_tiny_vlm_dir), device="cpu").load()
 
 
 @pytest.fixture(scope="session")
