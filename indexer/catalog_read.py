@@ -66,9 +66,8 @@ def rows_for_ids(reader: CatalogReader, sql: str, ids: Sequence[int],
                  params: Mapping[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
     """Rows of ``sql`` whose ``{ids}`` placeholder is replaced by each chunk of ``ids``."""
     for start in range(0, len(ids), IN_CHUNK):
-        part = [int(i) for i in ids[start:start + IN_CHUNK]]
-        names = {f"id{n}": v for n, v in enumerate(part)}
-        yield from reader.rows(sql.format(ids=", ".join(f":{k}" for k in names)), {**(params or {}), **names})
+        placeholders, names = in_list("id", [int(i) for i in ids[start:start + IN_CHUNK]])
+        yield from reader.rows(sql.format(ids=placeholders), {**(params or {}), **names})
 
 
 def in_list(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
@@ -80,7 +79,7 @@ def in_list(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
 def sql_datetime(reader: "CatalogReader", value: datetime) -> Any:
     """``value`` bound as the catalog stores a DateTime: SQLAlchemy keeps SQLite DateTimes as
     ``YYYY-MM-DD HH:MM:SS.ffffff`` text (so the text comparison orders them); other drivers take datetimes."""
-    if getattr(reader, "dialect", "sqlite") != "sqlite":
+    if reader.dialect != "sqlite":
         return value
     return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
             f"{value.second:02d}.{value.microsecond:06d}")

@@ -261,13 +261,23 @@ def camera_raw_format(path: bytes | str | BinaryIO, name: bytes | str | None = N
         return None if _regular_image_header(path) else ext[1:].upper()
     if isinstance(path, (str, bytes)):
         return None
+    head = _head(path, _SNIFF_BYTES)
+    return _sniff_raw(head) if head is not None else None
+
+
+def _head(path: bytes | str | BinaryIO, size: int) -> bytes | None:
+    """The first ``size`` bytes of a file, or of a stream from where it stands (which is left there);
+    None when they cannot be read."""
     try:
+        if isinstance(path, (str, bytes)):
+            with open(path, "rb") as fh:
+                return fh.read(size)
         start = path.tell()
-        head = path.read(_SNIFF_BYTES)
+        head = path.read(size)
         path.seek(start)
     except (AttributeError, OSError, ValueError):
         return None
-    return _sniff_raw(head) if isinstance(head, bytes) else None
+    return head if isinstance(head, bytes) else None
 
 
 _REGULAR_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
@@ -276,18 +286,9 @@ _REGULAR_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b
 def _regular_image_header(path: bytes | str | BinaryIO) -> bool:
     """Whether a file named like a camera RAW starts like a JPEG, PNG, GIF, BMP, WebP or HEIF (a renamed
     or mislabelled file): Pillow decodes it as what it is, as it does for any other name."""
-    try:
-        if isinstance(path, (str, bytes)):
-            with open(path, "rb") as fh:
-                head = fh.read(16)
-        else:
-            start = path.tell()
-            head = path.read(16)
-            path.seek(start)
-    except (AttributeError, OSError, ValueError):
+    head = _head(path, 16)
+    if head is None:
         return False  # the RAW decoder reports an unreadable file
-    if not isinstance(head, bytes):
-        return False
     return (head.startswith(_REGULAR_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
             or (head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif")))
 

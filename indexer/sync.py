@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from .collection import Collection
 from .progress import Progress
-from .scan import ScannedFile, ScanProblem, display_path, not_regular_reason, scan
+from .scan import ScannedFile, ScanProblem, not_regular_reason, scan
 
 log = logging.getLogger(__name__)
 

@@ -63,9 +63,8 @@ def _camera_raw_size(data: bytes, upload: UploadFile) -> tuple[int, int] | None:
     try:
         return camera_raw_size(stream)
     except DecodeError as exc:
-        code = "unsupported_media_type" if str(exc) == RAWPY_MISSING else "undecodable_image"
-        raise ApiError(415 if code == "unsupported_media_type" else 422, code, str(exc),
-                       {"content_type": upload.content_type}) from None
+        status, code = (415, "unsupported_media_type") if str(exc) == RAWPY_MISSING else (422, "undecodable_image")
+        raise ApiError(status, code, str(exc), {"content_type": upload.content_type}) from None
 
 
 class BodyTooLarge(HTTPException):
