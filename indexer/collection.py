@@ -249,10 +249,8 @@ class Collection:
     # ---- lifecycle ---------------------------------------------------------------------------
     def writer_lock(self) -> WriterLock:
         """The collection's writer lock (not yet taken): ``with coll.writer_lock().acquire(wait=...)``."""
-        engine = None if sqlite_path(self.url) is not None else self.catalog.engine
-        if engine is not None and engine.dialect.name != "postgresql":
-            engine = None
-        return WriterLock(self.path, engine)
+        # an embedded catalog needs no engine (the lock is a file); WriterLock uses only a PostgreSQL one
+        return WriterLock(self.path, None if sqlite_path(self.url) is not None else self.catalog.engine)
 
     def close(self) -> None:
         if self._reader is not None:
