@@ -40,7 +40,7 @@ QUERY = "a photo of two dogs playing on the beach at sunset"
 
 SNIPPETS = {
     "torch": """
-from indexer.encoders import load_encoder
+from indexer.encode.encoders import load_encoder
 enc = load_encoder({model!r}, pretrained=None, device="cpu")
 vec = enc.encode_texts([{query!r}])
 """,
@@ -54,13 +54,13 @@ with torch.inference_mode():
 vec = (x / x.norm(dim=-1, keepdim=True)).numpy()
 """,
     "onnx": """
-from indexer.text_tower import try_load_text_tower
+from retrieval.search.text_tower import try_load_text_tower
 tower = try_load_text_tower({collection!r}, {spec_id!r})
 assert tower is not None, "no text tower"
 vec = tower.encode_texts([{query!r}])
 """,
     "onnx+cache-hit": """
-from indexer.query_cache import open_query_cache
+from retrieval.search.query_cache import open_query_cache
 vec = open_query_cache({collection!r}, {spec_id!r}).get({query!r})
 assert vec is not None, "cache miss"
 """,
@@ -92,9 +92,9 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, st
 
 def prepare(model: str, collection: Path) -> str:
     """Export the text tower of a random-weight ``model`` into ``collection`` and warm the query cache."""
-    from indexer.encoders import load_encoder
-    from indexer.query_cache import open_query_cache
-    from indexer.text_tower import ensure_text_tower
+    from indexer.encode.encoders import load_encoder
+    from retrieval.search.query_cache import open_query_cache
+    from retrieval.search.text_tower import ensure_text_tower
 
     enc = load_encoder(model, pretrained=None, device="cpu")
     start = time.perf_counter()

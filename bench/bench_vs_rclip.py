@@ -86,7 +86,7 @@ def export_for_rclip(datadir: Path) -> Any:
     import open_clip
     import torch
 
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     enc = load_encoder(MODEL, None, "cpu", "fp32")  # the same seeded random init as `photodex index`
 
@@ -136,7 +136,7 @@ def verify(enc: Any, rclip: str, env: dict[str, str], coll: Path, photos: list[P
     """Print how closely rclip's own Model reproduces photodex's tokenizer, text and image vectors."""
     from PIL import Image
 
-    from indexer.text_tower import PROBE_TEXTS, try_load_text_tower
+    from retrieval.search.text_tower import PROBE_TEXTS, try_load_text_tower
 
     req = {"queries": [CHECK_QUERY, OTHER_QUERY], "texts": list(PROBE_TEXTS), "images": [str(p) for p in photos]}
     proc = subprocess.run([rclip_python(rclip), "-c", RCLIP_PROBE], input=json.dumps(req), env=env,

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from indexer.catalog_models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
+from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
 from indexer.collection import Collection
-from indexer.settings import Settings
+from indexer.core.settings import Settings
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
 from retrieval.moderation.outcomes import OUTCOMES

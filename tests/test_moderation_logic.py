@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.moderation.calibrate import CalibrationError, choose_threshold, pr_curve
 from retrieval.moderation.decide import (
     LEVEL_HIT,

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.catalog_models import PhotoFile
+from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.settings import Settings
+from indexer.core.settings import Settings
 from tests.api_support import png_bytes
 from tests.helpers import env_offline, make_library
 from tests.world.generate import UNSAFE_CONCEPT, class_prompt

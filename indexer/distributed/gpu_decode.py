@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..decode import PhotoFacts, read_facts
+from ..encode.decode import PhotoFacts, read_facts
 
 if TYPE_CHECKING:
     import torch

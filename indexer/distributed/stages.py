@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..decode import DecodeError, PhotoFacts, decode_photo
-from ..errors import EncoderMismatchError
+from ..encode.decode import DecodeError, PhotoFacts, decode_photo
+from ..core.errors import EncoderMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _read(path: bytes) -> bytes | None:
 
 def decode_stage(batch: dict[str, np.ndarray], cfg: DecodeConfig) -> dict[str, np.ndarray]:
     """Decode one batch of (id, path) rows; see the module docstring for the columns."""
-    from ..encode_run import PhotoDataset, configure_decoding
+    from ..encode.run import PhotoDataset, configure_decoding
 
     configure_decoding(cfg.max_image_pixels)
     preprocess = preprocess_for(cfg.preprocess)
@@ -134,7 +134,7 @@ class EncodeActor:
                  gpu_device: str | None = "cuda", torch_threads: int | None = None) -> None:
         import torch
 
-        from ..encode_run import configure_decoding
+        from ..encode.run import configure_decoding
 
         configure_decoding(cfg.max_image_pixels)
         self.cfg = cfg

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from indexer.catalog_models import Tag
+from indexer.catalog.models import Tag
 from indexer.collection import Collection
-from indexer.decode import DecodeError, decode_photo
-from indexer.encoders import Encoder
-from indexer.errors import InputError
+from indexer.encode.decode import DecodeError, decode_photo
+from indexer.encode.encoders import Encoder
+from indexer.core.errors import InputError
 from retrieval.moderation.visibility import visible_mask
 
 from .cache import ZeroShotCache

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.classify.labels import validate_classnames
 from retrieval.classify.templates import ensure_templates
 

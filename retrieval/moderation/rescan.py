@@ -27,10 +27,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.catalog_models import Embedding, ModerationPolicy, ModerationRun, ModerationState
+from indexer.catalog.models import Embedding, ModerationPolicy, ModerationRun, ModerationState
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError, InputError
-from indexer.vectors import VECTOR_DTYPE, decode_vectors, l2_normalize
+from indexer.core.errors import EncoderMismatchError, InputError
+from indexer.core.vectors import VECTOR_DTYPE, decode_vectors, l2_normalize
 from indexer.writer_lock import WriterLock
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, CompiledPolicy, DecisionArrays

@@ -9,10 +9,10 @@ from datetime import datetime
 
 import numpy as np
 
-from indexer.catalog_read import sql_datetime
+from indexer.catalog.read import sql_datetime
 from indexer.collection import Collection
-from indexer.errors import InputError
-from indexer.photo_status import INDEXED
+from indexer.core.errors import InputError
+from indexer.catalog.status import INDEXED
 
 
 class FilterError(InputError):

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from indexer.catalog_read import as_datetime, rows_for_ids, scalar
+from indexer.catalog.read import as_datetime, rows_for_ids, scalar
 from indexer.collection import Collection
-from indexer.errors import InputError
-from indexer.vectors import decode_vectors
+from indexer.core.errors import InputError
+from indexer.core.vectors import decode_vectors
 from retrieval.index.choice import SearchParams
 from retrieval.index.store import SearchableIndex, open_index
 from retrieval.moderation.visibility import hidden_ids
@@ -24,7 +24,7 @@ from .filters import SearchFilters, allowed_ids
 from .query import query_vector
 
 if TYPE_CHECKING:
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Searcher:
             stored = self._stored_vector_for_path(path)
             if stored is not None:
                 return stored
-        from indexer.decode import DecodeError, decode_photo
+        from indexer.encode.decode import DecodeError, decode_photo
 
         try:
             if data is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.spec import EncoderSpec
+from indexer.core.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,14 @@ class FastTextEncoder:
 
     def _query_cache(self) -> Any:
         if self._cache is None:
-            from indexer.query_cache import open_query_cache
+            from retrieval.search.query_cache import open_query_cache
 
             self._cache = open_query_cache(self.collection_path, self.spec.id)
         return self._cache
 
     def _text_tower(self) -> Any:
         if not self._tower_checked:
-            from indexer.text_tower import try_load_text_tower
+            from retrieval.search.text_tower import try_load_text_tower
 
             self._tower = try_load_text_tower(self.collection_path, self.spec.id, prepack=self._prepack)
             self._tower_checked = True

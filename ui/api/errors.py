@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.decode import DecodeError
-from indexer.errors import ConfigError, InputError, PhotodexError, WriterBusyError
+from indexer.encode.decode import DecodeError
+from indexer.core.errors import ConfigError, InputError, PhotodexError, WriterBusyError
 
 log = logging.getLogger(__name__)
 

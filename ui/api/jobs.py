@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.errors import PhotodexError
+from indexer.core.errors import PhotodexError
 from ui.context import ingest_hook
 from indexer.run import RunOptions
 
@@ -29,7 +29,7 @@ from .errors import ApiError, not_found
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
-    from indexer.settings import Settings
+    from indexer.core.settings import Settings
 
     from .metrics import Metrics
 

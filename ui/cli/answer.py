@@ -7,13 +7,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
 
 if TYPE_CHECKING:
-    from indexer.settings import Settings
+    from indexer.core.settings import Settings
 
 STRATEGIES = ("auto", "joint", "per-photo")
 
@@ -113,11 +113,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
         return _caption_all(args, settings, filters)
     prompt = args.prompt or settings.vlm_caption_prompt
     if args.image is not None:
-        from indexer.decode import decode_photo
+        from indexer.encode.decode import decode_photo
 
         if not os.path.isfile(args.image):
             raise InputError(f"image not found (or not a regular file): {args.image}")
-        from indexer.decode import DecodeError
+        from indexer.encode.decode import DecodeError
 
         try:
             img, _ = decode_photo(args.image, settings.vlm_max_image_side)
@@ -203,7 +203,7 @@ def _photo_paths(settings: Settings) -> Any:
     def lookup(ids: list[int]) -> dict[int, str]:
         from sqlalchemy import select
 
-        from indexer.catalog_models import PhotoFile
+        from indexer.catalog.models import PhotoFile
 
         from .common import open_collection
 

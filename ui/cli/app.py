@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from indexer.errors import PhotodexError
+from indexer.core.errors import PhotodexError
 
 from . import answer, classify, indexing, moderation, search, serve, web
 from .common import EXIT_USAGE

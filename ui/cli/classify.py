@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
 from .common import Subparsers, add_common, add_model_args, open_collection, settings_from

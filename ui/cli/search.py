@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from

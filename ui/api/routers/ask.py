@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
-from indexer.errors import InputError
-from indexer.settings import Settings
+from indexer.core.errors import InputError
+from indexer.core.settings import Settings
 
 from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from indexer.catalog_models import ModerationState, Photo, PhotoFile, Tag
-from indexer.decode import decode_photo
+from indexer.catalog.models import ModerationState, Photo, PhotoFile, Tag
+from indexer.encode.decode import decode_photo
 
 from ..deps import ReadAccess, RuntimeDep
 from ..errors import ApiError, not_found, responses

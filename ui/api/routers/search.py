@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from sqlalchemy import select
 
-from indexer.catalog_models import Photo
+from indexer.catalog.models import Photo
 from retrieval.index.choice import SearchParams
 from retrieval.search.filters import SearchFilters, parse_filters
 from retrieval.search.searcher import SearchHit, SearchOptions

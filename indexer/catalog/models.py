@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .photo_status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
+from .status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
 
 
 class Base(DeclarativeBase):

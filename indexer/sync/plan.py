@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
-from .collection import Collection
-from .progress import Progress
+from ..collection import Collection
+from ..core.progress import Progress
 from .scan import ScannedFile, ScanProblem, not_regular_reason, scan
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def sync_catalog(
     gone = [path for path in known if path not in seen and not _inside(path, unlisted)]
     if not (todo or problems or gone or retry_errors or _has_orphans(coll)):
         return report  # nothing to write: the ORM is not even imported
-    from . import sync_write
+    from . import write as sync_write
 
     if progress:
         progress("hash", 0, len(todo))

@@ -12,10 +12,10 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from .catalog_models import ERROR, PENDING, Photo, PhotoFile
-from .collection import Collection
+from ..catalog.models import ERROR, PENDING, Photo, PhotoFile
+from ..collection import Collection
 from .scan import ScanProblem, display_path
-from .sync import HASH_CHUNK, HashResult, SyncReport
+from .plan import HASH_CHUNK, HashResult, SyncReport
 
 log = logging.getLogger(__name__)
 

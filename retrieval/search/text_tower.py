@@ -59,11 +59,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .atomic import atomic_write_json
-from .errors import ConfigError, EncoderMismatchError
+from indexer.core.atomic import atomic_write_json
+from indexer.core.errors import ConfigError, EncoderMismatchError
 
 if TYPE_CHECKING:
-    from .encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -685,7 +685,7 @@ def _reference_vectors(model: Any, ids: np.ndarray) -> np.ndarray:
 
 def _collection_spec_id(collection_path: Path) -> str | None:
     """The encoder spec id in the collection's manifest, if there is a readable one."""
-    from .spec import EncoderSpec
+    from indexer.core.spec import EncoderSpec
 
     try:
         manifest = json.loads((collection_path / "manifest.json").read_text())

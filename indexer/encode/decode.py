@@ -35,8 +35,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
-from .scan import RAW_EXTENSIONS
+from ..core.errors import InputError
+from ..sync.scan import RAW_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
 
-from .schema_revisions import head_revision
+from .revisions import head_revision
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

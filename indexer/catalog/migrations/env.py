@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from indexer.catalog_models import Base
+from indexer.catalog.models import Base
 
 target_metadata = Base.metadata
 

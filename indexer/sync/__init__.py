@@ -1,0 +1,1 @@
+"""photodex indexer: sync."""
