@@ -8,11 +8,11 @@ whole process (spawn to exit: interpreter start, imports, model load, tokenise, 
 after interpreter start, and the process's peak RSS (``wait4`` rusage). The model has random weights
 (``pretrained=None``, no download), so the numbers measure loading and compute, not weights quality. Variants:
 
-- ``torch``: ``indexer.encoders.load_encoder`` (imports torch + open_clip, builds the whole CLIP) + ``encode_texts``
+- ``torch``: ``indexer.encode.encoders.load_encoder`` (imports torch + open_clip, builds the whole CLIP) + ``encode_texts``
 - ``torch-text-only``: imports torch + open_clip, ``create_model`` then only ``encode_text`` (what a torch-only
   fast path could at best do without an export: open_clip still builds the vision tower)
-- ``onnx``: ``indexer.text_tower.try_load_text_tower`` + ``encode_texts`` (numpy + onnxruntime, no torch)
-- ``onnx+cache-hit``: ``indexer.query_cache`` lookup that hits, then nothing else is loaded
+- ``onnx``: ``retrieval.search.text_tower.try_load_text_tower`` + ``encode_texts`` (numpy + onnxruntime, no torch)
+- ``onnx+cache-hit``: ``retrieval.search.query_cache`` lookup that hits, then nothing else is loaded
 - ``cli``: an arbitrary command given with ``--cli`` (``{collection}`` is replaced), e.g. the wired CLI
 
 Not part of pytest.

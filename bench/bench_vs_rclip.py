@@ -2,7 +2,7 @@
 """Cold-process ``photodex search TEXT`` vs rclip (github.com/yurijmikhalevich/rclip) on the same photos, same weights.
 
 rclip 3.3.0 runs ViT-B-32-256 as two ONNX graphs with onnxruntime (no torch). Offline, this bench builds the
-seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encoders.load_encoder``), exports its
+seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encode.encoders.load_encoder``), exports its
 ``encode_image`` / ``encode_text`` the way rclip's ``scripts/convert_model.py`` does (TorchScript exporter,
 opset 18, one fp32 file per tower, input "input", output "output", un-normalised) into a temporary
 ``$RCLIP_DATADIR`` with open_clip's BPE vocabulary, so rclip finds its files and downloads nothing. Before

@@ -86,7 +86,7 @@ def index_paths(
     """Index ``roots`` into ``coll`` incrementally and resumably, as the collection's one writer.
 
     ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
-    (refusing with :class:`~indexer.errors.WriterBusyError`, or waiting with ``options.wait``)."""
+    (refusing with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``options.wait``)."""
     from .encode.pending import EncodeReport, pending_count
 
     options = options or RunOptions()

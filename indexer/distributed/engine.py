@@ -214,7 +214,7 @@ def encode_pending_ray(coll: "Collection", encoder: Any, batch_size: int = 64,
                        on_commit: "BatchHook | None" = None, options: RayOptions | None = None) -> "EncodeReport":
     """Encode all pending photos of ``coll`` on Ray; same result and report as ``encode_pending``.
 
-    ``encoder``: a loaded :class:`~indexer.encoders.Encoder` (rebuilt in each actor from its spec),
+    ``encoder``: a loaded :class:`~indexer.encode.encoders.Encoder` (rebuilt in each actor from its spec),
     an :class:`EncoderRecipe`, or a loader (not called: the actors load the collection's encoder).
     Pending photos are read and encoded in windows of ``options.pending_chunk`` (module docstring).
     If a window's pipeline fails because a worker was lost for good (an actor killed without

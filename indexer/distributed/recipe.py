@@ -1,6 +1,6 @@
 """How a worker gets its encoder: a small picklable recipe, called inside the worker.
 
-A model is never pickled to a worker (it may be gigabytes, and an :class:`~indexer.encoders.Encoder`
+A model is never pickled to a worker (it may be gigabytes, and an :class:`~indexer.encode.encoders.Encoder`
 holds a lock): each actor loads its own copy from the same weights, and refuses to run if what it
 loaded is not the collection's encoder.
 """

@@ -2,7 +2,7 @@
 
 * :func:`decode_stage` (CPU tasks): photo id + path in; decoded, preprocessed pixels (or, when the
   encode actors decode JPEGs on their GPU, the JPEG's bytes) plus EXIF facts or the error out. It is
-  the local engine's :class:`~indexer.encode_run.PhotoDataset` item by item, so decoding, draft
+  the local engine's :class:`~indexer.encode.run.PhotoDataset` item by item, so decoding, draft
   scaling, EXIF handling, preprocessing and error reasons are the local engine's, unchanged.
 * :class:`EncodeActor` (actor pool, one model per actor, GPU or CPU): pixels in, unit vectors out.
 
@@ -72,7 +72,7 @@ def _preprocess(cfg_json: str) -> Callable[..., Any]:
 
 
 def preprocess_for(preprocess: dict[str, Any]) -> Callable[..., Any]:
-    """The same transform :func:`indexer.encoders.load_encoder` gives the encoder, without the model."""
+    """The same transform :func:`indexer.encode.encoders.load_encoder` gives the encoder, without the model."""
     return _preprocess(json.dumps(preprocess, sort_keys=True))
 
 

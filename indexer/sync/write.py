@@ -1,4 +1,4 @@
-"""The catalog writes of a sync (:mod:`indexer.sync` decides what to write; this module holds the ORM).
+"""The catalog writes of a sync (:mod:`indexer.sync.plan` decides what to write; this module holds the ORM).
 
 Kept apart so that a re-check of an unchanged library, which writes nothing, never imports SQLAlchemy.
 """

@@ -3,7 +3,7 @@
 A policy names concepts; each concept has positive prompts (expanded with a template set into
 a prompt ensemble), optional contrast prompts (the score is then the margin over the best
 contrast), a decision threshold, an optional lower review threshold and an action. Any invalid
-field raises :class:`~indexer.errors.InputError` naming the field.
+field raises :class:`~indexer.core.errors.InputError` naming the field.
 """
 
 from __future__ import annotations

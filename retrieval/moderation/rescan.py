@@ -264,7 +264,7 @@ def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chu
     without storing anything: store a new version to apply them.
 
     ``lock``: a writer lock the caller already holds; otherwise a real run takes one (refusing
-    with :class:`~indexer.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
+    with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
     """
     start_time = time.perf_counter()
     if thresholds:

@@ -1,8 +1,8 @@
 """The fast text path: query vectors without torch or the vision tower.
 
 For a text search on a collection whose encoder was not chosen explicitly, query texts are
-encoded by, in order: the collection's query-vector cache (``indexer.query_cache``), the text
-tower exported into the collection (``indexer.text_tower``, ONNX Runtime, no torch), and only
+encoded by, in order: the collection's query-vector cache (``retrieval.search.query_cache``), the text
+tower exported into the collection (``retrieval.search.text_tower``, ONNX Runtime, no torch), and only
 then the full open_clip model (loaded lazily). The export is written by the collection's writer
 (``photodex index`` / ``photodex reindex``); a search never writes it, so read-only collections
 work and a search never waits for an export.

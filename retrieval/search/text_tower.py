@@ -8,7 +8,7 @@ A collection keeps one export of its encoder's text tower in ``<collection>/text
       <export id>/model.onnx.data          the weights (ONNX external data)
       <export id>/bpe_merges.txt.gz        CLIP BPE merges (open_clip SimpleTokenizer) or tokenizer.json (HF)
 
-:func:`ensure_text_tower` exports from a loaded :class:`indexer.encoders.Encoder` (torch) when the export is
+:func:`ensure_text_tower` exports from a loaded :class:`indexer.encode.encoders.Encoder` (torch) when the export is
 missing, was made for another encoder spec, or fails its checksums; every export is checked before it is
 committed (token ids equal to the encoder's tokenizer, embeddings within 1e-4 of the fp32 model on CPU, 1e-3 on
 a GPU), and a model whose text tower does not export raises :class:`TextTowerExportError` so the caller keeps
@@ -27,7 +27,7 @@ one query, page cache warm; wall = spawn to exit, RSS = the child's peak::
     torch: load_encoder (torch + open_clip, whole CLIP) + encode  6.98-8.90     1618           yes
     torch, encode_text only (open_clip still builds the vision)   5.81-7.20     1615           yes
     onnx: try_load_text_tower + encode_texts                      0.59-0.78      257           no
-    query cache hit (indexer.query_cache), nothing else loaded    0.10-0.16       33           no
+    query cache hit (retrieval.search.query_cache), nothing else loaded    0.10-0.16       33           no
 
 Inside the onnx path: interpreter ~0.08, numpy 0.06-0.11, onnxruntime import 0.02-0.03, InferenceSession
 0.22-0.37, BPE vocabulary 0.06, ftfy import + tokenising 0.04, first run 0.04-0.14 s. Storing the weights as ONNX

@@ -1,7 +1,7 @@
 """Index jobs: one background thread per job, holding the collection's writer lock for its whole run.
 
 A job is started only under a configured library root (``PHOTODEX_API_LIBRARY_ROOTS``) and only
-when the writer lock is free (:class:`~indexer.errors.WriterBusyError`, i.e. 409, otherwise — the
+when the writer lock is free (:class:`~indexer.core.errors.WriterBusyError`, i.e. 409, otherwise — the
 lock is taken before the job is accepted, so the answer is immediate and holds across processes).
 Cancellation is checked in the progress callback, which raises :class:`JobCancelled`; the run is
 resumable, so a cancelled job loses nothing that was committed. Job records live in this process's

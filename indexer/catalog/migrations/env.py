@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by :func:`indexer.catalog.upgrade`."""
+"""Alembic environment: runs on the connection handed over by :func:`indexer.catalog.engine.upgrade`."""
 
 from alembic import context
 
