@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ..catalog.models import ERROR, PENDING, Photo, PhotoFile
 from ..collection import Collection
 from .scan import ScanProblem, display_path
-from .plan import HASH_CHUNK, HashResult, SyncReport
+from .types import HASH_CHUNK, HashResult, SyncReport
 
 log = logging.getLogger(__name__)
 
