@@ -30,7 +30,7 @@ from indexer.collection import Collection
 from indexer.core.errors import InputError
 from indexer.core.progress import Progress
 from indexer.writer_lock import WriterLock
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 from retrieval.search.filters import SearchFilters, allowed_ids
 
 from .budget import ImageBudget

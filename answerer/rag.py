@@ -28,7 +28,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from indexer.core.errors import InputError
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 from retrieval.search.filters import SearchFilters
 from retrieval.search.searcher import (
     DEFAULT_COLLAPSE,

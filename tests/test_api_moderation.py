@@ -15,7 +15,7 @@ from indexer.collection import Collection
 from indexer.core.settings import Settings
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
-from retrieval.moderation.outcomes import OUTCOMES
+from retrieval.outcomes import OUTCOMES
 from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies

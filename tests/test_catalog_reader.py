@@ -17,7 +17,7 @@ from indexer.collection import Collection
 from indexer.core.errors import CollectionError
 from indexer.run import RunOptions, index_paths
 from indexer.core.vectors import decode_vectors
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 from retrieval.search.searcher import SearchOptions, Searcher
 from tests.helpers import make_library
 

@@ -19,7 +19,7 @@ from retrieval.moderation.decide import (
     explain_row,
 )
 from retrieval.moderation.history import concept_masks
-from retrieval.moderation.outcomes import OUTCOMES
+from retrieval.outcomes import OUTCOMES
 from retrieval.moderation.policy import STARTER_POLICY, load_policy, parse_policy
 
 FLAG, QUARANTINE, BLOCK = (OUTCOMES.index(a) for a in ("flag", "quarantine", "block"))

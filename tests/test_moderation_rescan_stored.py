@@ -110,7 +110,7 @@ def test_threshold_only_change_reads_no_vector_and_equals_a_full_rescore(coll, s
     # ... and equals deciding every photo directly from its stored vector
     direct = v2.compiled().decide(vecs)
     state = _state(coll)
-    from retrieval.moderation.outcomes import OUTCOMES
+    from retrieval.outcomes import OUTCOMES
 
     assert [state[int(i)][0] for i in ids] == [OUTCOMES[k] for k in direct.outcome]
     assert real.by_concept["circle"]["hit"] == int((direct.levels[:, 1] == 2).sum())

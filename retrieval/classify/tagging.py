@@ -23,7 +23,7 @@ from indexer.collection import Collection
 from indexer.encode.decode import DecodeError, decode_photo
 from indexer.encode.encoders import Encoder
 from indexer.core.errors import InputError
-from retrieval.moderation.visibility import visible_mask
+from retrieval.visibility import visible_mask
 
 from .cache import ZeroShotCache
 from .labels import validate_classnames

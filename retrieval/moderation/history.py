@@ -23,7 +23,7 @@ from indexer.collection import Collection
 from indexer.core.errors import InputError
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, DecisionArrays
-from .outcomes import OUTCOMES
+from ..outcomes import OUTCOMES
 
 CHUNK = 500  # rows per statement (bound parameters stay small on every database)
 

@@ -19,7 +19,7 @@ from indexer.core.errors import InputError
 from retrieval.classify.labels import validate_classnames
 from retrieval.classify.templates import ensure_templates
 
-from .outcomes import ACTIONS
+from ..outcomes import ACTIONS
 
 MAX_CONCEPTS = 63  # decisions pack one bit per concept into an int64
 STARTER_POLICY = Path(__file__).resolve().parent / "policies" / "starter.json"

@@ -35,7 +35,7 @@ from indexer.writer_lock import WriterLock
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, CompiledPolicy, DecisionArrays
 from .history import CHUNK, concept_masks, refresh_scores, split_names, write_decisions
-from .outcomes import OUTCOMES
+from ..outcomes import OUTCOMES
 from .store import PolicyRecord, record_of, utcnow
 
 log = logging.getLogger(__name__)

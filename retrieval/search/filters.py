@@ -99,7 +99,7 @@ def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray |
     """Ids of indexed photos matching ``filters``; ``None`` when nothing is filtered."""
     if filters is None or filters.is_empty():
         return None
-    from retrieval.moderation.visibility import moderation_condition
+    from retrieval.visibility import moderation_condition
 
     read = coll.reader
     cond, params = ["photos.status = :status"], {"status": INDEXED}

@@ -17,7 +17,7 @@ from indexer.core.errors import InputError
 from indexer.core.vectors import decode_vectors
 from retrieval.index.choice import SearchParams
 from retrieval.index.store import SearchableIndex, open_index
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 
 from .collapse import collapse_groups
 from .filters import SearchFilters, allowed_ids
