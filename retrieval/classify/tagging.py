@@ -3,7 +3,7 @@
 Library tagging reads only stored vectors (no photo is re-read) and replaces the tags of one
 taxonomy in a single transaction, so a later label list cleanly supersedes an earlier one. Like
 search, it leaves out quarantined and blocked photos unless the caller names a moderation value
-(:mod:`retrieval.moderation.visibility`).
+(:mod:`retrieval.visibility`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SearchFilters:
     has_gps: bool | None = None
     file_type: str | None = None  # jpeg, png, heif, ...
     tags: list[str] = field(default_factory=list)  # all must be present
-    moderation: str | None = None  # allow, review, flag, quarantine, block or "any" (retrieval.moderation.visibility)
+    moderation: str | None = None  # allow, review, flag, quarantine, block or "any" (retrieval.visibility)
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) in (None, []) for f in fields(self))

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-# retrieval.moderation.outcomes.OUTCOMES, spelled out for type checkers (a test keeps them equal)
+# retrieval.outcomes.OUTCOMES, spelled out for type checkers (a test keeps them equal)
 Outcome = Literal["allow", "review", "flag", "quarantine", "block"]
 
 
