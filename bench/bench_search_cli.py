@@ -94,7 +94,7 @@ def prepare(model: str, collection: Path) -> str:
     """Export the text tower of a random-weight ``model`` into ``collection`` and warm the query cache."""
     from indexer.encode.encoders import load_encoder
     from retrieval.search.query_cache import open_query_cache
-    from retrieval.search.text_tower import ensure_text_tower
+    from retrieval.search.text_tower_export import ensure_text_tower
 
     enc = load_encoder(model, pretrained=None, device="cpu")
     start = time.perf_counter()

@@ -136,7 +136,8 @@ def verify(enc: Any, rclip: str, env: dict[str, str], coll: Path, photos: list[P
     """Print how closely rclip's own Model reproduces photodex's tokenizer, text and image vectors."""
     from PIL import Image
 
-    from retrieval.search.text_tower import PROBE_TEXTS, try_load_text_tower
+    from retrieval.search.text_tower import try_load_text_tower
+    from retrieval.search.text_tower_export import PROBE_TEXTS
 
     req = {"queries": [CHECK_QUERY, OTHER_QUERY], "texts": list(PROBE_TEXTS), "images": [str(p) for p in photos]}
     proc = subprocess.run([rclip_python(rclip), "-c", RCLIP_PROBE], input=json.dumps(req), env=env,

@@ -23,17 +23,16 @@ from retrieval.search.text_tower import (
     MODEL_FILE,
     SIDECAR,
     WEIGHTS_FILE,
-    ClipBpeTokenizer,
     TextTowerCorruptError,
     TextTowerExportError,
     TextTowerMismatchError,
     TextTowerMissingError,
-    ensure_text_tower,
-    export_text_tower,
     load_text_tower,
     text_tower_folder,
     try_load_text_tower,
 )
+from retrieval.search.text_tower_export import ensure_text_tower, export_text_tower
+from retrieval.search.tokenizer import ClipBpeTokenizer
 from tests.helpers import env_offline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,7 +156,7 @@ def test_plain_ascii_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
 
     import ftfy
 
-    from retrieval.search.text_tower import _basic_clean, _is_plain
+    from retrieval.search.tokenizer import _basic_clean, _is_plain
 
     rng = random.Random(11)
     alphabet = string.printable  # includes &, tab, CR, LF, VT, FF
@@ -460,7 +459,7 @@ def test_concurrent_exporters_leave_one_valid_export(world_tiny_clip_dir: Path, 
     code = """
         import sys
         from indexer.encode.encoders import load_encoder
-        from retrieval.search.text_tower import ensure_text_tower
+        from retrieval.search.text_tower_export import ensure_text_tower
         ensure_text_tower(sys.argv[2], load_encoder("local-dir:" + sys.argv[1], device="cpu"))
         """
     env = env_offline()

@@ -91,7 +91,8 @@ def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
 def ensure_fast_text_path(coll: Collection, load: Callable[[], "Encoder"]) -> str:
     """Export the collection's text tower once per encoder (writer only). The encoder is loaded only
     when the export is missing or stale; returns "ready", or why text searches use the full model."""
-    from retrieval.search.text_tower import TextTowerError, ensure_text_tower, text_tower_is_current
+    from retrieval.search.text_tower import TextTowerError, text_tower_is_current
+    from retrieval.search.text_tower_export import ensure_text_tower
 
     if text_tower_is_current(coll.path, coll.spec.id):
         return "ready"
