@@ -125,7 +125,7 @@ class InProcess:
 
     def __init__(self, collection: Path) -> None:
         from indexer.collection import Collection
-        from indexer.core.settings import Settings
+        from ui.settings import Settings
         from retrieval.search.searcher import Searcher, SearchOptions
         from ui.api.runtime import LockedEncoder
         from ui.context import load_chosen_encoder

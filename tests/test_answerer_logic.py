@@ -130,7 +130,8 @@ def test_blend_scales_clip_and_weights_p_yes():
 
 
 def test_settings_have_vlm_fields(monkeypatch):
-    from indexer.core.settings import DEFAULT_VLM, Settings
+    from answerer.settings import DEFAULT_VLM
+    from ui.settings import Settings
 
     assert Settings().vlm == DEFAULT_VLM
     monkeypatch.setenv("PHOTODEX_VLM", "/models/my-vlm")

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions
 from answerer.vlm import shared_vlm
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error

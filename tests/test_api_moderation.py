@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
 from indexer.collection import Collection
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
 from retrieval.outcomes import OUTCOMES

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from indexer.catalog.models import ApiKey
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from tests.helpers import make_library
 from tests.api_support import assert_error
 from ui.api.app import create_app

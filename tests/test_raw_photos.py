@@ -349,7 +349,7 @@ def test_cli_index_records_raw_facts_and_text_search_finds_raws(raw_world, world
 def test_api_thumbnail_of_a_raw_photo(tmp_path, tiny_encoder):
     from fastapi.testclient import TestClient
 
-    from indexer.core.settings import Settings
+    from ui.settings import Settings
     from ui.api.app import create_app
 
     encoder = tiny_encoder
@@ -394,7 +394,7 @@ def test_api_uploads_of_a_raw_are_checked_by_the_raws_own_size_and_searched(tmp_
     """A DNG's TIFF header names its small preview: the upload pixel limit must count the RAW itself."""
     from fastapi.testclient import TestClient
 
-    from indexer.core.settings import Settings
+    from ui.settings import Settings
     from ui.api.app import create_app
 
     shot = write_dng(tmp_path / "lib" / "shot.dng", bayer_mosaic(two_colour_scene(80, 120)),

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from tests.api_support import png_bytes
 from tests.helpers import env_offline, make_library
 from tests.world.generate import UNSAFE_CONCEPT, class_prompt

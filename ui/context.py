@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.collection import MANIFEST, Collection, read_manifest
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from indexer.core.spec import EncoderSpec
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from indexer.collection import Collection
-from indexer.core.settings import Settings
+from ui.settings import Settings
 from retrieval.search.searcher import Searcher
 
 from .errors import ApiError

@@ -29,7 +29,7 @@ from .errors import ApiError, not_found
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
-    from indexer.core.settings import Settings
+    from ui.settings import Settings
 
     from .metrics import Metrics
 

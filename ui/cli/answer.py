@@ -13,7 +13,7 @@ from ui.output import emit, printable
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
 
 if TYPE_CHECKING:
-    from indexer.core.settings import Settings
+    from ui.settings import Settings
 
 STRATEGIES = ("auto", "joint", "per-photo")
 

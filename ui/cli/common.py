@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
-    from indexer.core.settings import Settings
+    from ui.settings import Settings
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -17,7 +17,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the command's explicit flags on top.
 
     ``Settings.model_fields_set`` then says which fields were given (flag or ``PHOTODEX_*``)."""
-    from indexer.core.settings import get_settings  # pydantic-settings: ~0.1-0.2 s, not needed for --help
+    from ui.settings import get_settings  # pydantic-settings: ~0.1-0.2 s, not needed for --help
 
     return get_settings(
         collection=getattr(args, "collection", None),

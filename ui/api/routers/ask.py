@@ -35,7 +35,7 @@ from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
 from indexer.core.errors import InputError
-from indexer.core.settings import Settings
+from ui.settings import Settings
 
 from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
