@@ -29,9 +29,9 @@ from PIL import Image
 
 from indexer.core.errors import InputError
 from retrieval.visibility import hidden_ids
+from retrieval.search.defaults import DEFAULT_COLLAPSE
 from retrieval.search.filters import SearchFilters
 from retrieval.search.searcher import (
-    DEFAULT_COLLAPSE,
     Searcher,
     SearchHit,
     SearchOptions,

@@ -20,6 +20,7 @@ from retrieval.index.store import SearchableIndex, open_index
 from retrieval.visibility import hidden_ids
 
 from .collapse import collapse_groups
+from .defaults import DEFAULT_CAPTION_WEIGHT, DEFAULT_COLLAPSE
 from .filters import SearchFilters, allowed_ids
 from .query import query_vector
 
@@ -28,9 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COLLAPSE = 0.95
 MAX_K = 10_000
-DEFAULT_CAPTION_WEIGHT = 0.1  # about the spread of CLIP cosines among a real model's top results
 MAX_CAPTION_WEIGHT = 10.0
 MAX_FETCH_GROWTH = 3  # extra over-fetch rounds (x2 to x4 each) when collapse or filters thin the results
 

@@ -9,12 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from indexer.core.errors import InputError
+from retrieval.search.defaults import DEFAULT_CAPTION_WEIGHT, DEFAULT_COLLAPSE
 from ui.output import emit, printable
 
 from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
-
-DEFAULT_COLLAPSE = 0.95  # retrieval.search.searcher.DEFAULT_COLLAPSE, repeated so --help imports nothing heavy
-DEFAULT_CAPTION_WEIGHT = 0.1  # retrieval.search.searcher.DEFAULT_CAPTION_WEIGHT, likewise
 
 
 def _hits_text(hits: list[dict[str, Any]]) -> str:

@@ -35,12 +35,13 @@ from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
 from indexer.core.errors import InputError
+from retrieval.search.defaults import DEFAULT_COLLAPSE
 from ui.settings import Settings
 
 from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
 from ..errors import ApiError, responses
-from ..schemas import DEFAULT_COLLAPSE, SearchFiltersIn
+from ..schemas import SearchFiltersIn
 from .search import _require_photo, filters_from
 
 log = logging.getLogger(__name__)
