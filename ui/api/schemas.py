@@ -72,6 +72,8 @@ class SearchRequest(_Request):
 
 
 class SearchHitOut(BaseModel):
+    """A search hit: the fields of ``retrieval.search.searcher.HybridHit`` (tests/test_api_shapes.py)."""
+
     id: int
     score: float
     paths: list[str]
