@@ -71,9 +71,8 @@ class SearchRequest(_Request):
         "in [0, 1]); omitted or null: CLIP only"))
 
 
+# the fields of retrieval.search.searcher.HybridHit (kept equal by tests/test_api_shapes.py)
 class SearchHitOut(BaseModel):
-    """A search hit: the fields of ``retrieval.search.searcher.HybridHit`` (tests/test_api_shapes.py)."""
-
     id: int
     score: float
     paths: list[str]
