@@ -12,7 +12,7 @@ from indexer.core.errors import InputError
 from retrieval.search.defaults import DEFAULT_CAPTION_WEIGHT, DEFAULT_COLLAPSE
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
+from .common import EXIT_OK, Subparsers, settings_from, shared_options
 
 
 def _hits_text(hits: list[dict[str, Any]]) -> str:
@@ -103,10 +103,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("search", help="find photos by text, e.g. 'beach +sunset -people'")
+    p = sub.add_parser("search", help="find photos by text, e.g. 'beach +sunset -people'",
+                       parents=shared_options(model=True))
     p.add_argument("text")
-    add_common(p)
-    add_model_args(p)
     _search_args(p)
     p.add_argument("--rerank", action="store_true", help="re-score the top --rerank-k results with the VLM")
     p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
@@ -117,10 +116,9 @@ def register(sub: Subparsers) -> None:
                    help=f"weight W of the caption match, in [0, 10] (default {DEFAULT_CAPTION_WEIGHT}; implies --captions)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id")
+    p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id",
+                       parents=shared_options(model=True))
     p.add_argument("image", nargs="?", help="path of the query image")
     p.add_argument("--id", type=int, help="id of a photo in the collection")
-    add_common(p)
-    add_model_args(p)
     _search_args(p)
     p.set_defaults(func=cmd_similar)
