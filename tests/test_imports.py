@@ -147,6 +147,21 @@ def test_the_project_imports_one_way_without_cycles():
     assert upward(graph, LAYERS, {"retrieval": RETRIEVAL}) == []
 
 
+def test_every_package_docstring_lists_its_modules():
+    """A newcomer finds a concept from the package's docstring: each module and sub-package on a line of its own."""
+    missing = []
+    for module, (path, is_pkg) in project_modules(ROOT, LAYERS).items():
+        if not is_pkg:
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        children = [p.stem for p in path.parent.glob("*.py") if p.stem not in ("__init__", "__main__")]
+        children += [d.name for d in path.parent.iterdir() if (d / "__init__.py").exists()]
+        missing += [f"{module}.{name}" for name in sorted(children)
+                    if not any(line.split()[:1] == [name] or line.split()[:1] == [name + "/"]
+                               for line in doc.splitlines())]
+    assert missing == []
+
+
 def _write(root: Path, files: Mapping[str, str]) -> None:
     for name, text in files.items():
         path = root / name

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/migrations``)."""
+"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/catalog/migrations``)."""
 
 from __future__ import annotations
 
