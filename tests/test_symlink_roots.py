@@ -227,3 +227,26 @@ def test_file_restored_as_a_copy_with_the_same_bytes_is_still_served(served, tmp
     resp = c.get(f"{API}/photos/{pid}/original")
     assert resp.status_code == 200 and resp.content == saved
     assert c.get(f"{API}/photos/{pid}/thumbnail").status_code == 200
+
+
+def test_rows_indexed_before_identities_were_recorded(served, tmp_path, tiny_encoder):
+    """Rows from before migration 0007 (NULL identity) are vouched for by content hash; the next run records them."""
+    c, pid, photo, lib = served
+    coll_dir = tmp_path / "coll"
+    with Collection.open(coll_dir) as coll, coll.catalog.session() as s, s.begin():
+        for f in s.scalars(select(PhotoFile)):
+            f.real_path_bytes = f.device = f.inode = None
+    assert c.get(f"{API}/photos/{pid}/original").content == photo.read_bytes()
+    saved, st = photo.read_bytes(), os.stat(photo)
+    os.replace(_same_size_and_mtime(tmp_path / "x.bin", photo), photo)
+    assert_error(c.get(f"{API}/photos/{pid}/original"), 404, "file_unavailable")
+    photo.write_bytes(saved)
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with Collection.open(coll_dir) as coll:
+        sync = index_paths(coll, tiny_encoder, [lib], OPTS).sync
+    assert sync.hashed == 4 and sync.new_photos == 0 and sync.removed_photos == 0  # hashed once to record them
+    with Collection.open(coll_dir) as coll, coll.catalog.session() as s:
+        rows = list(s.scalars(select(PhotoFile)))
+    assert all(f.real_path_bytes and f.inode is not None for f in rows)
+    with Collection.open(coll_dir) as coll:
+        assert index_paths(coll, tiny_encoder, [lib], OPTS).sync.unchanged == 4
