@@ -10,5 +10,6 @@ Packages:
 Modules:
     collection    Collection: manifest, catalog, stored vectors, lifecycle
     writer_lock   one writer at a time per collection; readers never take it
+    file_identity which file a catalogued path was when indexed; opening it only while it still is
     run           one index run: writer lock, sync, encode
 """

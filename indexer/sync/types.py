@@ -25,6 +25,7 @@ class SyncReport:
     removed_photos: int = 0
     file_errors: int = 0
     raw_beside_processed: int = 0  # RAW files left out: a JPEG (or HEIC, ...) of the same name is indexed instead
+    outside_roots: int = 0  # symlinked files or folders skipped: they resolve outside the allowed roots
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
