@@ -156,10 +156,15 @@ fi
 torch_from=${TORCH_INDEX:-the index pip is configured with}
 log "building $IMAGE on $BASE_IMAGE, torch from $torch_from (log: $STATE/build.log)"
 build_start=$(date +%s)
+previous=$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 "${BUILD[@]}" --progress plain --network host -f docker/Dockerfile.cpu -t "$IMAGE" \
   --build-arg "BASE=$BASE_IMAGE" --build-arg "TORCH_INDEX=$TORCH_INDEX" "${SECRETS[@]}" . >"$STATE/build.log" 2>&1 \
   || { tail -n 40 "$STATE/build.log"; fail "docker build"; }
 size_mb=$(( $("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE") / 1000000 ))
+# the image this tag named before, now untagged: gone, or every rebuild of the torch layer keeps GBs more
+if [ -n "$previous" ] && [ "$previous" != "$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  "$DOCKER" rmi "$previous" >/dev/null 2>&1 || true
+fi
 log "built $IMAGE in $(( $(date +%s) - build_start )) s: $size_mb MB"
 # the secret stays out of the image: no pip.conf or CA file left in it, and no layer's command holds the settings
 "$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c 'test ! -s /etc/pip.conf && test ! -e /run/secrets/pipcert' \
