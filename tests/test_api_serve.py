@@ -30,7 +30,7 @@ def _free_port() -> int:
 @contextmanager
 def serve(*args: str, timeout: float = 90, env: dict[str, str] | None = None,
           output: list[str] | None = None) -> Iterator[str]:
-    """A `photodex serve` subprocess on a free port, reached through 127.0.0.1 (``output``: its log, once it stopped)."""
+    """`photodex serve` on a free port, reached through 127.0.0.1 (``output``: its log, once it stopped)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--port", str(port), *args],
                             env={**env_offline(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -86,6 +86,7 @@ def test_real_server_on_loopback(tmp_path, tiny_encoder):
         big = c.post(f"{API}/search/image", files={"file": ("x.png", b"\0" * (40 * 1024 * 1024), "image/png")})
         assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
         assert 'route="/api/v1/search",status="200"' in c.get(f"{API}/metrics").text
+        assert c.get(f"{API}/decisions").status_code == 200  # loopback: reads stay open without a key
 
 
 PRIVATE_READS = [("get", "/photos/{pid}/original", {}), ("post", "/search", {"json": {"text": "a photo"}}),

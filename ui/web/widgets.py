@@ -15,7 +15,7 @@ from .logic import API_KEY_ENV, FILE_TYPES, MODERATION_VALUES, build_filters, ca
 
 
 def connection_sidebar() -> None:
-    """API URL (fixed at start), the API-key field, the server's readiness and whether it wants a key, in the sidebar."""
+    """API URL (fixed at start), the API-key field, the server's readiness and whether it wants a key."""
     with st.sidebar:
         st.text_input("API key", type="password", key=session.KEY_STATE,
                       help=f"X-API-Key sent with every request (`photodex apikey create NAME --scope write`); "
