@@ -139,14 +139,21 @@ def test_service_commands_are_real_cli_commands_on_matching_ports(compose):
     assert "/api/v1/readyz" in create_app().openapi()["paths"]
     assert _health_url(ui) == f"http://127.0.0.1:{ui_args.port}/_stcore/health"  # Streamlit's own
     # the one-off commands the file's header tells people to run
+    one_off = re.compile(r"run --rm (?:-T )?photodex (.*)")
     for line in COMPOSE.read_text().splitlines():
-        if "run --rm photodex " in line and line.startswith("#"):
-            argv = shlex.split(line.split("run --rm photodex ", 1)[1].split("#")[0])
+        if line.startswith("#") and one_off.search(line):
+            argv = shlex.split(one_off.search(line).group(1).split("#")[0])
             _parse(argv)
     # index jobs from the UI may index the mounted library
     roots = yaml.safe_load(api["environment"]["PHOTODEX_API_LIBRARY_ROOTS"])
     mounts = {v.split(":")[1] for v in api["volumes"]}
     assert set(roots) <= mounts
+
+    # the API binds beyond loopback inside its container, so its reads need a key: the UI passes one through
+    from ui.api.access import is_loopback
+
+    assert not is_loopback(api_args.host) and "PHOTODEX_API_REQUIRE_KEY_FOR_READS" not in api["environment"]
+    assert "PHOTODEX_API_KEY" in ui["environment"] and "PHOTODEX_API_KEY" in COMPOSE.read_text().split("services:")[0]
 
 
 def test_ui_command_runs_streamlit_on_the_app(monkeypatch):
