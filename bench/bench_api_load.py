@@ -109,7 +109,8 @@ def build_collection(root: Path, n: int) -> Path:
     from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
     from retrieval.index.store import refresh_index
-    from tests.helpers import make_library, save_tiny_clip
+    from ui.demo.photos import make_library
+    from ui.demo.tiny_clip import save_tiny_clip
 
     model, _ = save_tiny_clip(root / "model")
     make_library(root / "lib", n, size=(32, 24))

@@ -1,67 +1,18 @@
-"""Test helpers: tiny open_clip models built in-process and a generator of awkward photo files."""
+"""Test helpers: the offline environment, index-file checks and damage, camera RAW files made offline.
+
+The tiny random CLIP and the noise-photo libraries live in ``ui.demo`` (the benchmarks use them too); they are
+re-exported here for the tests."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-TINY_NAME = "photodex-test-tiny"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-TINY_PREPROCESS = {"size": 32,
-                   "interpolation": "bicubic", "resize_mode": "shortest"}
-
-
-def register_tiny_config() -> None:
-    """Register the tiny config with open_clip (``add_model_config`` reads a JSON file)."""
-    import tempfile
-
-    import open_clip
-
-    folder = Path(tempfile.gettempdir()) / "photodex-test-configs"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{TINY_NAME}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-
-
-def save_tiny_clip(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Save a random tiny CLIP as an open_clip ``local-dir`` folder and as a bare weights file."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    register_tiny_config()
-    torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_NAME, pretrained=None)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": TINY_PREPROCESS}))
-    weights = folder.parent / f"{folder.name}.safetensors"
-    save_file(state, str(weights))
-    return folder, weights
-
-
-def random_photo(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, **save_kw: object) -> Path:
-    rng = np.random.default_rng(seed)
-    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **save_kw)
-    return path
-
-
-def make_library(root: Path, n: int, start: int = 0, size: tuple[int, int] = (64, 48)) -> list[Path]:
-    """``n`` distinct JPEGs spread over nested folders."""
-    return [random_photo(root / f"{i % 3}" / f"sub{i % 2}" / f"img_{i:04d}.jpg", size, seed=i)
-            for i in range(start, start + n)]
+from ui.demo.photos import make_library, random_photo  # noqa: F401  (re-exported)
+from ui.demo.tiny_clip import TINY_CFG, TINY_NAME, TINY_PREPROCESS, register_tiny_config, save_tiny_clip  # noqa: F401
 
 
 def env_offline() -> dict[str, str]:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from answerer.preprocess import Preprocessor, fit, fixed_input_side, same_inputs
 from answerer.vlm import VLM, Request
-from tests.world.generate import generate_samples
+from ui.demo.world import generate_samples
 
 QUESTION = "what colour is the object?"
 

@@ -13,8 +13,8 @@ from answerer.rerank import rerank
 from answerer.vlm import VLM
 from indexer.core.errors import InputError
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.world.generate import CLASSES, generate_samples
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import CLASSES, generate_samples
+from ui.demo.collection import WorldCollection, build_world_collection
 
 RELEVANT = 0.85  # tiny-CLIP cosine: world concepts score > 0.9, unknown ones ("a bicycle") < 0.75
 

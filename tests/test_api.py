@@ -13,8 +13,8 @@ from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error, png_bytes
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import CLASSES, class_prompt
+from ui.demo.collection import build_world_collection
 from ui.api.app import ROUTER_MODULES, create_app
 
 API = "/api/v1"

@@ -19,7 +19,7 @@ from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error
-from tests.world_collection import build_world_collection
+from ui.demo.collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.routers.ask import trimmed, wants_event_stream
 

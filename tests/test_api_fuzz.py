@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 
 from indexer.collection import Collection
 from ui.settings import Settings
-from tests.world_collection import build_world_collection
+from ui.demo.collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.security import create_api_key
 

@@ -20,8 +20,8 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies
 from tests.api_support import assert_error
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import build_world_collection
+from ui.demo.world import UNSAFE_CONCEPT
+from ui.demo.collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.moderation_schemas import Outcome
 from ui.api.security import create_api_key

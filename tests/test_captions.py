@@ -20,8 +20,8 @@ from retrieval.search.captions import CaptionIndex, caption_matches, tokenize
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline, make_library
-from tests.world.generate import CLASSES
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import CLASSES
+from ui.demo.collection import WorldCollection, build_world_collection
 
 POSITION = "is the object on the left or the right?"  # the tiny VLM answers "left" / "right"
 

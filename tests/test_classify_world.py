@@ -14,8 +14,8 @@ from retrieval.classify.tagging import ZeroShotClassifier, classify_files, list_
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline
-from tests.world.generate import CLASSES, write_imagefolder
-from tests.world_collection import build_world_collection
+from ui.demo.world import CLASSES, write_imagefolder
+from ui.demo.collection import build_world_collection
 
 WORLD_TEMPLATES = ["a photo of a {}", "a photo of one {}", "a picture of a {}", "{}"]
 

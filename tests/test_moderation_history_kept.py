@@ -19,7 +19,7 @@ from retrieval.moderation.history import decision_history, list_decisions
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import decide_in_session, rescan
 from retrieval.moderation.store import save_policy
-from tests.world.generate import UNSAFE_CONCEPT, write_library
+from ui.demo.world import UNSAFE_CONCEPT, write_library
 
 MODERATION_TABLES = {"moderation_policies", "moderation_runs", "moderation_decisions", "moderation_state"}
 NOW = datetime(2026, 11, 1, 12, 0, 0)

@@ -15,8 +15,8 @@ from retrieval.moderation.decide import score_keys
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import decide_in_session, rescan
 from retrieval.moderation.store import save_policy
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import UNSAFE_CONCEPT
+from ui.demo.collection import WorldCollection, build_world_collection
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 REPORT_KEYS = ("photos", "changed", "by_action", "by_concept", "changes", "changed_by_concept", "examples")

@@ -30,8 +30,8 @@ from retrieval.scoring import l2_normalize
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline
-from tests.world.generate import CLASSES, UNSAFE_CONCEPT, write_imagefolder
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import CLASSES, UNSAFE_CONCEPT, write_imagefolder
+from ui.demo.collection import WorldCollection, build_world_collection
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 MODERATION_TABLES = (ModerationPolicy, ModerationRun, ModerationDecision, ModerationState)
@@ -451,7 +451,7 @@ def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, pg_database_u
 
 
 def test_index_run_decides_new_photos_with_the_active_policy(coll, world, truth, tmp_path, capsys):
-    from tests.world.generate import write_library
+    from ui.demo.world import write_library
 
     save_policy(coll, parse_policy(skull_policy(float(np.median(truth[3])))), world.encoder, activate=True)
     rescan(coll, get_policy(coll))  # the existing library is decided

@@ -287,7 +287,7 @@ def raw_world(tmp_path_factory, world_tiny_clip_dir):
     data is flat grey), odd ones only as 128 px raw data (demosaiced to 64 px)."""
     if importlib.util.find_spec("rawpy") is None:
         pytest.skip("rawpy (the raw extra) is not installed")
-    from tests.world.generate import CLASSES, make_sample
+    from ui.demo.world import CLASSES, make_sample
 
     root = tmp_path_factory.mktemp("raw_world")
     lib = root / "lib"
@@ -311,7 +311,7 @@ def raw_world(tmp_path_factory, world_tiny_clip_dir):
 
 def test_cli_index_records_raw_facts_and_text_search_finds_raws(raw_world, world_tiny_clip_dir, monkeypatch,
                                                                  capsys):
-    from tests.world.generate import class_prompt
+    from ui.demo.world import class_prompt
     from ui.cli import main
 
     root, lib, truth = raw_world

@@ -12,8 +12,8 @@ from indexer.run import RunOptions, index_paths
 from retrieval.search.filters import FilterError, parse_filters
 from retrieval.search.query import QueryError
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import CLASSES, class_prompt
+from ui.demo.collection import build_world_collection
 
 
 @pytest.fixture(scope="module")

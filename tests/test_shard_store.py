@@ -25,8 +25,8 @@ from retrieval.index.vector_index import VectorIndex
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import damage_index_file, exact_search, make_library, queries_near_stored
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import CLASSES, class_prompt
+from ui.demo.collection import build_world_collection
 from ui.cli import main
 
 OPTS = RunOptions(batch_size=8, workers=0)

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from tests.helpers import env_offline
-from tests.world.generate import class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import class_prompt
+from ui.demo.collection import build_world_collection
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

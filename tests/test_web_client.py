@@ -21,8 +21,8 @@ from indexer.collection import Collection
 from ui.settings import Settings
 from tests.api_support import png_bytes
 from tests.helpers import env_offline, make_library
-from tests.world.generate import UNSAFE_CONCEPT, class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import UNSAFE_CONCEPT, class_prompt
+from ui.demo.collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.ask_schemas import AskResponse
 from ui.api.schemas import SearchFiltersIn, SearchHitOut

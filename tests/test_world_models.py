@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.world.generate import (
+from ui.demo.world import (
     CLASSES,
     UNSAFE_CAPTION,
     UNSAFE_CONCEPT,
@@ -163,7 +163,7 @@ def test_tiny_vlm_answers_held_out_questions(vlm):
 def test_tiny_vlm_answers_colour_of_blue_square(vlm):
     import random
 
-    from tests.world.generate import make_sample
+    from ui.demo.world import make_sample
 
     rng = random.Random(11)
     hits = sum(vlm.answer([make_sample(rng, colour="blue", shape="square", count=1).image],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.world.generate import WorldSample, write_library
+from ui.demo.world import WorldSample, write_library
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_CLIP_DIR = ASSETS / "tiny_clip"
