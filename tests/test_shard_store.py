@@ -104,7 +104,7 @@ def sharded(tmp_path, tiny_encoder):
         index_paths(coll, tiny_encoder, [lib], OPTS)
         result = refresh_index(coll, shards=3)
     assert result["action"] == "rebuilt" and result["counts"] == [10, 10, 10]
-    store._cache.clear()
+    store.clear_cache()
     return tmp_path / "coll", lib
 
 
@@ -153,7 +153,7 @@ def test_adds_and_removals_after_sharding_touch_only_their_shards(sharded, tiny_
         removed = refresh_index(coll)
         assert removed["action"] == "updated (+0 -4)" and removed["counts"] == [6, 10, 16]
         assert removed["files"][0] != result["files"][0] and removed["files"][1:] == result["files"][1:]
-        store._cache.clear()
+        store.clear_cache()
         _, i = open_index(coll).search(q, 32)
         assert not np.isin(i, gone).any()
         np.testing.assert_array_equal(i[:, :8], exact_search(coll, q, 8)[1])
@@ -170,7 +170,7 @@ def test_a_range_that_outgrows_the_others_is_re_split(sharded, tiny_encoder):
         assert result["action"] == "rebuilt (re-sharded)" and result["shards"] == 3
         assert max(result["counts"]) - min(result["counts"]) <= 1 and sum(result["counts"]) == 70
         q = queries_near_stored(coll)
-        store._cache.clear()
+        store.clear_cache()
         np.testing.assert_array_equal(open_index(coll).search(q, 10)[1], exact_search(coll, q, 10)[1])
         assert refresh_index(coll)["action"] == "up-to-date"
 
@@ -201,7 +201,7 @@ def test_damaged_shard_is_detected_its_range_searched_exactly_and_rebuilt(sharde
         assert result["action"] == "rebuilt" and result["counts"] == [10, 10, 10]
         for name in result["files"]:
             VectorIndex.load(index_dir(coll) / name)  # verifies again
-        store._cache.clear()
+        store.clear_cache()
         view = open_index(coll)
         assert view.base.complete and view.exact_rows == 0
         np.testing.assert_array_equal(view.search(q, 12)[1], truth_i)
