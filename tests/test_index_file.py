@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 
 from indexer.collection import Collection
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from retrieval.index import store
 from retrieval.index.choice import flat_spec
 from retrieval.index.persistence import IndexFileError
 from retrieval.index.store import current_index_file
 from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
-from tests.helpers import damage_index_file, env_offline, exact_search, make_library, queries_near_stored
+from tests.helpers import OPTS, damage_index_file, env_offline, exact_search, make_library, queries_near_stored
 
-OPTS = RunOptions(batch_size=8, workers=0)
 K = 5
 
 

@@ -31,7 +31,6 @@ from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline
 from ui.demo.world import CLASSES, UNSAFE_CONCEPT, write_imagefolder
-from ui.demo.collection import WorldCollection, build_world_collection
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 MODERATION_TABLES = (ModerationPolicy, ModerationRun, ModerationDecision, ModerationState)
@@ -42,11 +41,6 @@ def skull_policy(threshold: float, review: float | None = None, action: str = "q
     concept = {"name": UNSAFE_CONCEPT, "prompts": [UNSAFE_CONCEPT], "templates": TEMPLATES, "threshold": threshold,
                "review_threshold": review, "action": action}
     return {"name": name, "concepts": [concept], **extra}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
-    return build_world_collection(tmp_path_factory.mktemp("modworld"), world_tiny_clip_dir, n=160, seed=11)
 
 
 @pytest.fixture

@@ -22,13 +22,12 @@ from sqlalchemy import select
 from indexer.catalog.models import ERROR, INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.encode.decode import RAWPY_MISSING, DecodeError, decode_photo
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from indexer.sync.scan import scan
-from tests.helpers import bayer_mosaic, random_photo, two_colour_scene, write_dng
+from tests.helpers import OPTS, bayer_mosaic, random_photo, two_colour_scene, write_dng
 
 needs_rawpy = pytest.mark.skipif(importlib.util.find_spec("rawpy") is None,
                                  reason="rawpy (the raw extra) is not installed")
-OPTS = RunOptions(batch_size=8, workers=0)
 
 # sRGB colours of the four quadrants (TL, TR, BL, BR): the preview's and the RAW scene's differ,
 # so a decoded picture says which of the two it came from, and which way round it is.

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from retrieval.index import store
 from retrieval.index.persistence import IndexFileError
 from retrieval.index.sharded import ShardedIndex, shard_of
@@ -24,21 +24,18 @@ from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.helpers import damage_index_file, exact_search, make_library, queries_near_stored
+from tests.helpers import OPTS, damage_index_file, exact_search, make_library, queries_near_stored
 from ui.demo.world import CLASSES, class_prompt
-from ui.demo.collection import build_world_collection
 from ui.cli import main
 
-OPTS = RunOptions(batch_size=8, workers=0)
 
 
 # ---- the product's search on a sharded collection -------------------------------------------------
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, world_tiny_clip_dir):
-    """The same world collection twice: one index file, and (after `reindex --shards 3`) three shards."""
-    root = tmp_path_factory.mktemp("shard_world")
-    world = build_world_collection(root, world_tiny_clip_dir, n=150, seed=5)
-    sharded = root / "sharded"
+def pair(tmp_path_factory, world):
+    """The same world collection twice: one index file (the shared world), and (a copy, after
+    `reindex --shards 3`) three shards."""
+    sharded = tmp_path_factory.mktemp("shard_world") / "sharded"
     shutil.copytree(world.path, sharded)
     assert main(["reindex", "--collection", str(sharded), "--shards", "3", "--json"]) == 0
     return world, sharded
@@ -57,7 +54,7 @@ def test_searcher_on_shards_equals_one_index_with_filters_and_collapse(pair):
     try:
         state = index_state(many)
         assert state["shards"] == 3 and len(state["files"]) == 3 and "file" not in state
-        assert sum(state["counts"]) == state["vectors"] == 150 and max(state["counts"]) - min(state["counts"]) <= 1
+        assert sum(state["counts"]) == state["vectors"] == len(world.truth) and max(state["counts"]) - min(state["counts"]) <= 1
         view_one, view_many = open_index(one), open_index(many)
         assert isinstance(view_one.base, VectorIndex) and isinstance(view_many.base, ShardedIndex)
         assert len(view_many.base.shards) == 3 and view_many.exact_rows == 0
