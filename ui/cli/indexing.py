@@ -12,7 +12,6 @@ from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collec
 
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
-    from retrieval.index.store import refresh_index
     from ui.context import ensure_fast_text_path, ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
@@ -37,6 +36,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         data = summary.to_dict()
+        from retrieval.index.store import refresh_index  # faiss: not needed before the vectors are in
+
         data["index"] = refresh_index(coll, shards=_shards(args, settings))
         data["text_tower"] = ensure_fast_text_path(coll, load)
     emit(data, args.json, _index_text)
