@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    # background: a low-priority child exports the text tower after the run (it returns once its vectors are
+    # durable); inline: the run exports it before returning (e.g. an image build that must ship it ready)
+    text_tower_export: Literal["background", "inline"] = "background"
     # ---- search index (retrieval/index) ----
     index_shards: int | None = Field(default=None, ge=1, le=1024)  # id-range shards; None: keep the collection's
     # ---- HTTP API (ui/api) ----
