@@ -124,6 +124,11 @@ def assign_checkpoint(model: Any, path: Path) -> None:
     state.pop("text.transformer.embeddings.position_ids", None)  # as open_clip does (transformers >= 4.31)
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
+    built = model.state_dict()  # meta tensors: the dtypes the model was built with (a copy would convert to them)
+    for key, tensor in state.items():
+        want = built.get(key)
+        if want is not None and want.dtype != tensor.dtype and tensor.is_floating_point():
+            state[key] = tensor.to(want.dtype)  # e.g. an fp16 checkpoint into an fp32 model: as a copy would
     model.load_state_dict(state, strict=True, assign=True)
 
 

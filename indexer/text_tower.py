@@ -722,10 +722,10 @@ def install_text_tower(source: str | os.PathLike[str], folder: str | os.PathLike
     meta, src_dir = _check_export(source, spec_id, "auto")
     try:
         with _export_lock(folder):
-            with contextlib.suppress(TextTowerError):
-                _check_export(folder, spec_id, "auto")
-                return folder  # installed meanwhile
             export_id = meta["export_dir"]
+            with contextlib.suppress(TextTowerError):
+                if _check_export(folder, spec_id, "auto")[0].get("export_dir") == export_id:
+                    return folder  # installed meanwhile
             staging, final = folder / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}", folder / export_id
             staging.mkdir()
             try:

@@ -122,13 +122,19 @@ def start_export(collection_path: str | os.PathLike[str], spec_id: str, model: s
     if before["state"] in (READY, PENDING):
         return before
     previous = before["why"] if before["state"] == FAILED else None
-    out: dict[str, Any]
+    cache = user_cache_folder(spec_id)
     try:
-        install_text_tower(user_cache_folder(spec_id), folder, spec_id)
-        out = {"state": READY, "why": "reused this user's export of the encoder"}
+        _check_export(cache, spec_id, "auto")
     except TextTowerError as exc:
         log.debug("no reusable export in the user cache: %s", exc)
         out = _spawn(folder, spec_id, model, pretrained)
+    else:
+        try:
+            install_text_tower(cache, folder, spec_id)
+            out = {"state": READY, "why": "reused this user's export of the encoder"}
+        except TextTowerError as exc:  # e.g. a full disk: an export would fail the same way
+            out = {"state": FAILED, "why": str(exc)}
+            _write_job(folder, state=FAILED, spec_id=spec_id, why=str(exc), finished_at=_now())
     if previous:
         out["previous"] = previous
     return out

@@ -14,11 +14,13 @@ PG_ADMIN_URL = os.environ.get("PHOTODEX_TEST_PG_URL", "postgresql+psycopg://post
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _offline_session() -> None:
-    """No hub look-ups for the whole session (session fixtures load models too)."""
+def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No hub look-ups for the whole session (session fixtures load models too), and no writes to the real
+    user cache from module or session fixtures (tests get their own through ``_isolated_user_state``)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
         yield
 
 
