@@ -201,7 +201,7 @@ def _lower_priority() -> None:
 
 def run_job(collection: Path, spec_id: str, model: str, pretrained: str | None) -> int:
     """The child's work: load the encoder (fp32, CPU), check it is the collection's, export; record the outcome."""
-    folder = text_tower_folder(collection)
+    folder, t0 = text_tower_folder(collection), time.monotonic()
     _write_job(folder, state="running", spec_id=spec_id, started_at=_now(), pid=os.getpid())
     try:
         from .encoders import load_encoder
@@ -226,9 +226,19 @@ def run_job(collection: Path, spec_id: str, model: str, pretrained: str | None) 
         _write_job(folder, state=FAILED, spec_id=spec_id, why=f"{type(exc).__name__}: {exc}"[:1000],
                    finished_at=_now())
         raise
-    _write_job(folder, state="done", spec_id=spec_id, finished_at=_now())
-    log.info("text tower ready in %s", folder)
+    _write_job(folder, state="done", spec_id=spec_id, finished_at=_now(), seconds=round(time.monotonic() - t0, 2),
+               peak_rss_mib=_peak_rss_mib())
+    log.info("text tower ready in %s (%.1f s, peak RSS %s MiB)", folder, time.monotonic() - t0, _peak_rss_mib())
     return 0
+
+
+def _peak_rss_mib() -> int | None:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # KiB on Linux
+    except (ImportError, OSError):
+        return None
 
 
 class _Failed(Exception):
