@@ -20,7 +20,7 @@ import pytest
 from indexer.collection import read_manifest
 from indexer.spec import EncoderSpec
 from indexer.text_tower import SIDECAR, text_tower_folder, try_load_text_tower, user_cache_folder
-from indexer.text_tower_job import JOB_STATE, export_state, wait_for_export
+from indexer.text_tower_job import JOB_STATE, wait_for_export
 from tests.helpers import env_offline, make_library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,10 +141,8 @@ def test_a_killed_export_leaves_nothing_a_search_would_load(lib, tmp_path, world
     where = cache if phase == "export" else folder
     if not _kill_when(lambda: staging(where), pid):
         pytest.fail(f"never saw the job in its {phase} phase")
-    time.sleep(0.2)  # the kernel has released the job's lock
-
+    state = wait_for_export(coll, spec_id, timeout=60)  # once the kernel has torn the killed job down
     assert try_load_text_tower(coll, spec_id) is None  # nothing half-written is loadable
-    state = export_state(coll, spec_id)
     assert state["state"] == "failed" and "ended before it finished" in state["why"]
     hits = json.loads(_cli("search", "a red circle", "--collection", str(coll), "--json", "-k", "3",
                            "--no-collapse").stdout)
