@@ -9,7 +9,9 @@ A collection keeps one export of its encoder's text tower in ``<collection>/text
       <export id>/bpe_merges.txt.gz        CLIP BPE merges (open_clip SimpleTokenizer) or tokenizer.json (HF)
 
 :func:`ensure_text_tower` exports from a loaded :class:`indexer.encoders.Encoder` (torch) when the export is
-missing, was made for another encoder spec, or fails its checksums; every export is checked before it is
+missing, was made for another encoder spec, or fails its checksums — once per user and encoder, into
+:func:`user_cache_folder`, from where :func:`install_text_tower` hard-links it into each collection (an index run
+does this in a low-priority child process: :mod:`indexer.text_tower_job`); every export is checked before it is
 committed (token ids equal to the encoder's tokenizer, embeddings within 1e-4 of the fp32 model on CPU, 1e-3 on
 a GPU), and a model whose text tower does not export raises :class:`TextTowerExportError` so the caller keeps
 using the full model. :func:`load_text_tower` / :func:`try_load_text_tower` load it with numpy + onnxruntime and a

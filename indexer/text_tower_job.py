@@ -140,13 +140,18 @@ def start_export(collection_path: str | os.PathLike[str], spec_id: str, model: s
     return out
 
 
+def background_supported() -> bool:
+    """The job's lock is a POSIX ``flock``; elsewhere the caller exports in-process."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return True
+
+
 def _spawn(folder: Path, spec_id: str, model: str, pretrained: str | None) -> dict[str, Any]:
     """Start the child with the job lock already held for it (the fd is inherited: no window in which
     the job is running but the lock free)."""
-    try:
-        import fcntl  # noqa: F401 - POSIX only; elsewhere the caller exports in-process
-    except ImportError:
-        return {"state": MISSING, "why": "background export needs POSIX file locks"}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = _try_lock(folder)

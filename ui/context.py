@@ -98,12 +98,12 @@ def ensure_fast_text_path(coll: Collection, settings: Settings, load: Callable[[
     ``text_tower_export="background"`` (the default) loads nothing here: the export, when this user's cache
     does not already hold it, runs in a low-priority child after the run; ``"inline"`` exports now with the
     run's own encoder (loaded only if the export is missing)."""
-    from indexer.text_tower_job import export_state, start_export
+    from indexer.text_tower_job import background_supported, export_state, start_export
 
     state = export_state(coll.path, coll.spec.id)
     if state["state"] == "ready":
         return state
-    if settings.text_tower_export == "background":
+    if settings.text_tower_export == "background" and background_supported():
         model, pretrained = encoder_choice(settings)
         state = start_export(coll.path, coll.spec.id, model, pretrained)
     else:
