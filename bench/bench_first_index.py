@@ -5,7 +5,7 @@ Saves a seeded random-weight ViT-B-32 as an open_clip ``local-dir`` folder (safe
 is), generates ``--n`` photos, then per run: a fresh collection and a fresh, empty ``$XDG_CACHE_HOME`` (a new
 user), ``python -m ui.cli index LIB --json`` in a fresh process. Wall = spawn to exit; peak RSS = the process's
 own, by GNU time; scan + decode + encode = the run's own ``seconds`` (catalog sync + encode); fixed cost =
-wall - that. Then, untimed by the run, the background text-tower export (``indexer.text_tower_job``) is waited
+wall - that. Then, untimed by the run, the background text-tower export (``retrieval.search.text_tower_job``) is waited
 for; its duration and peak RSS come from its ``job.json``. Also timed: an unchanged re-check of the same
 library (``index`` again: nothing to encode) and a second collection with the same encoder (the export reused
 from the user cache). ``--baseline TREE`` runs the same commands with another checkout (e.g. ``main``) in the

@@ -2,7 +2,7 @@
 """Cold-process ``photodex search TEXT`` vs rclip (github.com/yurijmikhalevich/rclip) on the same photos, same weights.
 
 rclip 3.3.0 runs ViT-B-32-256 as two ONNX graphs with onnxruntime (no torch). Offline, this bench builds the
-seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encoders.load_encoder``), exports its
+seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encode.encoders.load_encoder``), exports its
 ``encode_image`` / ``encode_text`` the way rclip's ``scripts/convert_model.py`` does (TorchScript exporter,
 opset 18, one fp32 file per tower, input "input", output "output", un-normalised) into a temporary
 ``$RCLIP_DATADIR`` with open_clip's BPE vocabulary, so rclip finds its files and downloads nothing. Before
@@ -89,7 +89,7 @@ def save_local_dir(folder: Path) -> Any:
     """photodex's seeded random ViT-B-32-256 as an open_clip local-dir folder; returns the photodex Encoder."""
     from safetensors.torch import save_file
 
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     enc = load_encoder(MODEL, None, "cpu", "fp32")  # seeded: the same random init in every process
     folder.mkdir(parents=True)
@@ -136,7 +136,7 @@ def export_for_rclip(enc: Any, datadir: Path) -> Any:
 
 def _spec_id(coll: Path) -> str:
     from indexer.collection import read_manifest
-    from indexer.spec import EncoderSpec
+    from indexer.core.spec import EncoderSpec
 
     return EncoderSpec.from_dict(read_manifest(coll)["encoder"]).id
 
@@ -159,7 +159,8 @@ def verify(enc: Any, rclip: str, env: dict[str, str], coll: Path, photos: list[P
     """Print how closely rclip's own Model reproduces photodex's tokenizer, text and image vectors."""
     from PIL import Image
 
-    from indexer.text_tower import PROBE_TEXTS, try_load_text_tower
+    from retrieval.search.text_tower import try_load_text_tower
+    from retrieval.search.text_tower_export import PROBE_TEXTS
 
     req = {"queries": [CHECK_QUERY, OTHER_QUERY], "texts": list(PROBE_TEXTS), "images": [str(p) for p in photos]}
     proc = subprocess.run([rclip_python(rclip), "-c", RCLIP_PROBE], input=json.dumps(req), env=env,
@@ -224,7 +225,7 @@ def bench(args: argparse.Namespace, root: Path) -> None:
     print(f"photodex index ({MODEL} random init as local-dir, --workers 1): {pd_index[0]:.1f} s, peak RSS "
           f"{pd_index[1]:.0f} MiB; of which scan + decode + encode {pd_encode:.1f} s (the rest: imports, model "
           f"load, index build, exit); text tower {pd_out['text_tower']['state']}")
-    from indexer.text_tower_job import wait_for_export
+    from retrieval.search.text_tower_job import wait_for_export
 
     t0 = time.perf_counter()
     done = wait_for_export(coll, _spec_id(coll))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.encoders import load_encoder
+from indexer.encode.encoders import load_encoder
 
 
 def _reference(model: str, pretrained: str | None = None) -> torch.nn.Module:
@@ -96,7 +96,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tiny_clip, tmp_path: Path) ->
     """A checkpoint with a missing tensor fails as loudly as open_clip's own loader (one EncoderLoadError)."""
     from safetensors.torch import load_file, save_file
 
-    from indexer.errors import EncoderLoadError
+    from indexer.core.errors import EncoderLoadError
 
     folder, weights = tiny_clip
     bad = tmp_path / "bad"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,12 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import select
 
-import indexer.scan
-from indexer import sync
-from indexer.catalog import alembic_config, make_engine, sqlite_url
-from indexer.catalog_models import INDEXED, Photo, PhotoFile
+import indexer.sync.scan
+from indexer.sync import plan as sync
+from indexer.catalog.engine import alembic_config, make_engine, sqlite_url
+from indexer.catalog.models import INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
-from indexer.encoders import Encoder
+from indexer.encode.encoders import Encoder
 from indexer.run import RunOptions, RunSummary, index_paths
 from tests.helpers import env_offline, random_photo
 
@@ -29,10 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 HANG_LIMIT_S = 60  # generous: a working run takes well under a second
 
 
-def _index(coll_dir: Path, encoder: Encoder, roots: list[Path], db_url: str | None = None) -> RunSummary:
+def _index(coll_dir: Path, encoder: Encoder, roots: list[Path], db_url: str | None = None,
+           follow_external_symlinks: bool = False) -> RunSummary:
     coll = Collection.open_for_encoder(coll_dir, encoder.spec, db_url)
     try:
-        return index_paths(coll, encoder, roots, OPTS)
+        return index_paths(coll, encoder, roots, replace(OPTS, follow_external_symlinks=follow_external_symlinks))
     finally:
         coll.close()
 
@@ -63,9 +65,9 @@ def _database_url(request: pytest.FixtureRequest, backend: str) -> str | None:
 _SYNC_IN_CHILD = """
 import json, sys
 from indexer.collection import Collection
-from indexer.sync import sync_catalog
+from indexer.sync.plan import sync_catalog
 coll = Collection.open(sys.argv[1])
-print(json.dumps(sync_catalog(coll, sys.argv[2:]).to_dict()))
+print(json.dumps(sync_catalog(coll, sys.argv[2:], follow_external_symlinks=True).to_dict()))
 """
 
 
@@ -91,7 +93,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, tiny_encoder, monkeypatc
         sock.close()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["file_errors"] == 4
-    summary = _index(coll_dir, tiny_encoder, [lib, fifo_root])
+    summary = _index(coll_dir, tiny_encoder, [lib, fifo_root], follow_external_symlinks=True)  # zero.jpg -> /dev
     assert summary.encode.encoded == 1 and summary.sync.hashed == 0  # nothing but good.jpg was ever hashed
     assert _errors(coll_dir) == {
         "pipe.jpg": "not a regular file (fifo)",
@@ -104,7 +106,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, tiny_encoder, monkeypatc
 @pytest.mark.parametrize("swap", ["before_hash", "after_type_check"])
 def test_file_swapped_for_fifo_after_scan_is_not_opened_blocking(tmp_path, monkeypatch, swap):
     photo = random_photo(tmp_path / "a.jpg")
-    entry = next(indexer.scan.scan([photo]))
+    entry = next(indexer.sync.scan.scan([photo]))
     regular = os.stat(photo)
     photo.unlink()
     os.mkfifo(photo)
@@ -241,7 +243,7 @@ def test_unlistable_folder_keeps_its_indexed_files(tmp_path, tiny_encoder, monke
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
 
-    monkeypatch.setattr(indexer.scan.os, "scandir", scandir)
+    monkeypatch.setattr(indexer.sync.scan.os, "scandir", scandir)
     summary = _index(coll_dir, tiny_encoder, [lib])
     assert summary.sync.removed_files == 0 and summary.sync.removed_photos == 0
     files = _files(coll_dir)

@@ -38,8 +38,8 @@ def fast_collection(tmp_path_factory, world_tiny_clip_dir):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["text_tower"]["state"] in ("pending", "ready")  # exported in the background
     from indexer.collection import read_manifest
-    from indexer.spec import EncoderSpec
-    from indexer.text_tower_job import wait_for_export
+    from indexer.core.spec import EncoderSpec
+    from retrieval.search.text_tower_job import wait_for_export
 
     spec_id = EncoderSpec.from_dict(read_manifest(coll)["encoder"]).id
     assert wait_for_export(coll, spec_id, timeout=300)["state"] == "ready"

@@ -1,7 +1,7 @@
 """The text-tower export off the indexing run's critical path: background job, user cache, state, failures.
 
 Every test drives the real CLI (``python -m ui.cli``) on the trained tiny CLIP, so the background export is the
-real child process (``python -m indexer.text_tower_job``).
+real child process (``python -m retrieval.search.text_tower_job``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from indexer.collection import read_manifest
-from indexer.spec import EncoderSpec
-from indexer.text_tower import SIDECAR, text_tower_folder, try_load_text_tower, user_cache_folder
-from indexer.text_tower_job import JOB_STATE, wait_for_export
+from indexer.core.spec import EncoderSpec
+from retrieval.search.text_tower import SIDECAR, text_tower_folder, try_load_text_tower
+from retrieval.search.text_tower_export import user_cache_folder
+from retrieval.search.text_tower_job import JOB_STATE, wait_for_export
 from tests.helpers import env_offline, make_library
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.collection import MANIFEST, Collection, read_manifest
-from indexer.settings import Settings
-from indexer.spec import EncoderSpec
+from ui.settings import Settings
+from indexer.core.spec import EncoderSpec
 
 if TYPE_CHECKING:
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def encoder_choice(settings: Settings) -> tuple[str, str | None]:
 
 
 def load_chosen_encoder(settings: Settings) -> "Encoder":
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     model, pretrained = encoder_choice(settings)
     return load_encoder(model, pretrained, settings.device, settings.precision)
@@ -93,12 +93,12 @@ def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
 
 def ensure_fast_text_path(coll: Collection, settings: Settings, load: Callable[[], "Encoder"]) -> dict[str, Any]:
     """Make the collection's fast text path ready or on its way (writer only); ``{"state", "why"}`` with
-    state ready, pending (exporting in the background), failed or missing (see :mod:`indexer.text_tower_job`).
+    state ready, pending (exporting in the background), failed or missing (see :mod:`retrieval.search.text_tower_job`).
 
     ``text_tower_export="background"`` (the default) loads nothing here: the export, when this user's cache
     does not already hold it, runs in a low-priority child after the run; ``"inline"`` exports now with the
     run's own encoder (loaded only if the export is missing)."""
-    from indexer.text_tower_job import background_supported, export_state, start_export
+    from retrieval.search.text_tower_job import background_supported, export_state, start_export
 
     state = export_state(coll.path, coll.spec.id)
     if state["state"] == "ready":
@@ -107,7 +107,8 @@ def ensure_fast_text_path(coll: Collection, settings: Settings, load: Callable[[
         model, pretrained = encoder_choice(settings)
         state = start_export(coll.path, coll.spec.id, model, pretrained)
     else:
-        from indexer.text_tower import TextTowerError, ensure_text_tower
+        from retrieval.search.text_tower import TextTowerError
+        from retrieval.search.text_tower_export import ensure_text_tower
 
         try:
             ensure_text_tower(coll.path, load())

@@ -7,7 +7,7 @@ from typing import Any
 
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_options
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -29,6 +29,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             on_commit=ingest_hook(),
             engine=args.engine,
             ray=_ray_options(args, settings) if args.engine == "ray" else None,
+            follow_external_symlinks=args.follow_external_symlinks,
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
@@ -82,7 +83,9 @@ def _index_text(d: dict[str, Any]) -> str:
         f"{s['linked_existing']} matched by content (moved/copied), {s['removed_files']} paths removed, "
         f"{s['removed_photos']} photos removed"
         + (f"; {s['raw_beside_processed']} RAW files left out beside a JPEG/HEIC of the same name"
-           if s.get("raw_beside_processed") else ""),
+           if s.get("raw_beside_processed") else "")
+        + (f"; {s['outside_roots']} symlinks leading outside the named folders skipped (name their targets "
+           "too, or pass --follow-external-symlinks)" if s.get("outside_roots") else ""),
         f"encoded {e['encoded']} photos in {e['seconds']:.1f}s ({e['photos_per_second']:.1f} photos/s); "
         f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
         f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
@@ -106,7 +109,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from indexer.text_tower_job import export_state
+    from retrieval.search.text_tower_job import export_state
     from retrieval.index.state import index_state
 
     settings = settings_from(args)
@@ -132,16 +135,17 @@ def _info_text(d: dict[str, Any]) -> str:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("index", help="index photo folders into the collection (incremental, resumable)")
+    p = sub.add_parser("index", help="index photo folders into the collection (incremental, resumable)",
+                       parents=shared_options(model=True))
     p.add_argument("paths", nargs="+", help="folders or files to index")
-    add_common(p)
-    add_model_args(p)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="decode worker processes")
     p.add_argument("--include", action="append", help="glob of files to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of files/folders to exclude (repeatable)")
     p.add_argument("--retry-errors", action="store_true", help="try photos that failed before again")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    p.add_argument("--follow-external-symlinks", action="store_true",
+                   help="follow symlinks that lead outside the named folders (default: skip and count them)")
     g = p.add_argument_group("engine", "where decoding and encoding run (the catalog is always written here)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: decode workers + this process; ray: Ray Data tasks and actors (photodex[ray])")
@@ -153,14 +157,13 @@ def register(sub: Subparsers) -> None:
     _add_shards(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)")
-    add_common(p)
+    p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)",
+                       parents=shared_options())
     p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
     _add_shards(p)
     p.set_defaults(func=cmd_reindex)
 
-    p = sub.add_parser("info", help="what the collection holds")
-    add_common(p)
+    p = sub.add_parser("info", parents=shared_options(), help="what the collection holds")
     p.add_argument("--errors", action="store_true", help="list every file that could not be indexed and why")
     p.set_defaults(func=cmd_info)

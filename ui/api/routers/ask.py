@@ -34,13 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
-from indexer.errors import InputError
-from indexer.settings import Settings
+from indexer.core.errors import InputError
+from retrieval.search.defaults import DEFAULT_COLLAPSE
+from ui.settings import Settings
 
 from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
 from ..errors import ApiError, responses
-from ..schemas import DEFAULT_COLLAPSE, SearchFiltersIn
+from ..schemas import SearchFiltersIn
+from .photos import load_catalogued, open_catalogued
 from .search import _require_photo, filters_from
 
 log = logging.getLogger(__name__)
@@ -235,8 +237,11 @@ def ask(body: AskRequest, request: Request, runtime: RuntimeDep, vlm: VLMDep) ->
     if body.photo_id is not None:
         _require_photo(runtime, body.photo_id)
         photo_hit(runtime.searcher, body.photo_id, options.filters)  # hidden by moderation: 400 before the VLM loads
+        open_catalogued(runtime, body.photo_id)[0].close()  # 404 file_unavailable before the VLM loads
     _load(vlm)
-    answerer = Answerer(runtime.searcher, vlm)
+    # photos reach the VLM only from verified catalogued files, as /photos/{id}/original serves them
+    answerer = Answerer(runtime.searcher, vlm,
+                        image_loader=lambda hit, side: load_catalogued(runtime, hit.id, side))
     lock = vlm_work_lock(vlm)
     photo_id = body.photo_id
     if wants_event_stream(request.headers.get("accept")):

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/migrations``)."""
+"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/catalog/migrations``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .photo_status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
+from .status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
 
 
 class Base(DeclarativeBase):
@@ -64,6 +64,10 @@ class PhotoFile(Base):
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # what the path was when indexed (indexer.file_identity): resolved path, device and inode; NULL: not recorded
+    real_path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    device: Mapped[int | None] = mapped_column(BigInteger)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
 
     photo: Mapped[Photo | None] = relationship(back_populates="files")
 

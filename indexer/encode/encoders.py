@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import EncoderLoadError
+from ..core.errors import EncoderLoadError
+from ..core.spec import EncoderSpec, fingerprint_path
 from .model_load import LOCAL_DIR_WEIGHTS, create_model
-from .spec import EncoderSpec, fingerprint_path
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The text-tower export, off the indexing run's critical path: a low-priority child process and its state.
 
 An index run returns as soon as its vectors are durable. The fast text path then comes, in order, from
-the collection itself (already exported), from this user's cache (:func:`indexer.text_tower.user_cache_folder`,
+the collection itself (already exported), from this user's cache (:func:`retrieval.search.text_tower_export.user_cache_folder`,
 hard-linked in a few milliseconds, torch-free), or from an export in a child process started by
-:func:`start_export`: ``python -m indexer.text_tower_job``, at the lowest CPU priority, detached from the
+:func:`start_export`: ``python -m retrieval.search.text_tower_job``, at the lowest CPU priority, detached from the
 terminal, which loads the encoder (its vision weights are memory-mapped and never read) and runs
-:func:`indexer.text_tower.ensure_text_tower`. Searches use the full model meanwhile.
+:func:`retrieval.search.text_tower_export.ensure_text_tower`. Searches use the full model meanwhile.
 
 The job's state lives beside the export in ``<collection>/text_tower/``::
 
@@ -34,9 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
-from .text_tower import (TextTowerError, _check_export, install_text_tower, text_tower_folder,
-                         user_cache_folder)
+from indexer.core.atomic import atomic_write_json
+
+from .text_tower import TextTowerError, check_export, text_tower_folder
+from .text_tower_export import install_text_tower, user_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def export_state(collection_path: str | os.PathLike[str], spec_id: str) -> dict[
     """Where the collection's fast text path stands: ``{"state": ready|pending|failed|missing, "why": ...}``."""
     folder = text_tower_folder(collection_path)
     try:
-        meta, _ = _check_export(folder, spec_id, "auto")
+        meta, _ = check_export(folder, spec_id, "auto")
         return {"state": READY, "why": f"exported {meta.get('created_at', '')}".strip()}
     except TextTowerError as exc:
         not_ready = str(exc)
@@ -124,7 +125,7 @@ def start_export(collection_path: str | os.PathLike[str], spec_id: str, model: s
     previous = before["why"] if before["state"] == FAILED else None
     cache = user_cache_folder(spec_id)
     try:
-        _check_export(cache, spec_id, "auto")
+        check_export(cache, spec_id, "auto")
     except TextTowerError as exc:
         log.debug("no reusable export in the user cache: %s", exc)
         out = _spawn(folder, spec_id, model, pretrained)
@@ -178,10 +179,10 @@ def _spawn(folder: Path, spec_id: str, model: str, pretrained: str | None) -> di
 
 
 def _child_env() -> dict[str, str]:
-    """This process's environment, with the folder holding ``indexer`` first on the path: the child runs the
-    same code, whether photodex is installed or run from a checkout."""
+    """This process's environment, with the folder holding photodex's packages first on the path: the child runs
+    the same code, whether photodex is installed or run from a checkout."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[len(__name__.split(".")) - 1])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -209,9 +210,10 @@ def run_job(collection: Path, spec_id: str, model: str, pretrained: str | None) 
     folder, t0 = text_tower_folder(collection), time.monotonic()
     _write_job(folder, state="running", spec_id=spec_id, started_at=_now(), pid=os.getpid())
     try:
-        from .encoders import load_encoder
-        from .errors import PhotodexError
-        from .text_tower import ensure_text_tower
+        from indexer.core.errors import PhotodexError
+        from indexer.encode.encoders import load_encoder
+
+        from .text_tower_export import ensure_text_tower
 
         try:
             encoder = load_encoder(model, pretrained, device="cpu", precision="fp32")
@@ -251,7 +253,7 @@ class _Failed(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m indexer.text_tower_job", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m retrieval.search.text_tower_job", description=__doc__.split("\n")[0])
     p.add_argument("collection", type=Path)
     p.add_argument("--spec-id", required=True)
     p.add_argument("--model", required=True)
@@ -260,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     _lower_priority()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("indexer").setLevel(logging.INFO)
+    for name in ("indexer", "retrieval"):
+        logging.getLogger(name).setLevel(logging.INFO)
     return run_job(args.collection, args.spec_id, args.model, args.pretrained)
 
 
