@@ -173,5 +173,7 @@ def register(sub: Subparsers) -> None:
     z.set_defaults(func=cmd_eval_zeroshot)
 
     from .answer import register_pope
+    from .evaluate import register_retrieval
 
     register_pope(ev)
+    register_retrieval(ev)
