@@ -55,7 +55,10 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     fmt = lambda line: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)  # noqa: E731
                                  for i, (cell, w) in enumerate(zip(line, widths)))
-    return "\n".join([fmt(head), *map(fmt, body)])
+    lines = [fmt(head), *map(fmt, body)]
+    if any(r["photos_per_second"] is None for r in rows):
+        lines.append("cached: every image came from the vector cache, so there is no speed to show (--no-cache times it)")
+    return "\n".join(lines)
 
 
 def plot_comparison(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], path: str | Path,

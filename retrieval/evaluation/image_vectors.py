@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +124,7 @@ class EncodedImages:
     from_cache: int
     encoded: int
     seconds: float  # encoding time of the ``encoded`` ones (decode + preprocess + model)
+    errors: dict[int, str] = field(default_factory=dict)  # with ``skip_errors``: row -> why (its row is zeros)
 
     @property
     def photos_per_second(self) -> float | None:
@@ -132,11 +133,13 @@ class EncodedImages:
 
 def encode_image_files(encoder: Encoder, paths: Sequence[Path], *, cache_dir: str | Path | None = None,
                        batch_size: int = 64, workers: int = 0, max_image_pixels: int = 178_956_970,
-                       progress: Progress | None = None, entries: Sequence[str] | None = None) -> EncodedImages:
+                       progress: Progress | None = None, entries: Sequence[str] | None = None,
+                       skip_errors: bool = False) -> EncodedImages:
     """Unit vectors of ``paths``; cached ones are read, the others encoded (and cached) batch by batch.
 
     An image that cannot be decoded is refused after the others are encoded and cached (one line
-    naming it and how many others failed), so no figure is computed without it and no work is lost."""
+    naming it and how many others failed), so no figure is computed without it and no work is lost;
+    with ``skip_errors`` its row stays zero and the reason is returned instead."""
     from indexer.encode_run import make_loader  # torch: only when something is encoded
 
     cache = VectorCache(cache_dir, encoder) if cache_dir is not None else None
@@ -170,6 +173,8 @@ def encode_image_files(encoder: Encoder, paths: Sequence[Path], *, cache_dir: st
         seconds = time.perf_counter() - start
         if cache is not None:
             cache.compact()
+    if failures and skip_errors:
+        return EncodedImages(out, len(paths) - len(todo), len(todo) - len(failures), seconds, dict(failures))
     if failures:
         failures.sort()
         i, reason = failures[0]

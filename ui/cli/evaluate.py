@@ -1,4 +1,4 @@
-"""``photodex eval retrieval``, and what it shares with ``eval zeroshot``: several ``--model`` values, one table.
+"""``photodex eval retrieval`` and ``photodex eval zeroshot``: clip_benchmark's figures; several ``--model`` values, one table.
 
 ``--model`` may be given more than once, each as ``NAME`` or ``NAME,PRETRAINED`` (clip_benchmark's
 ``--pretrained_model`` spelling); with one model ``--pretrained`` still applies. With no ``--model``
@@ -99,7 +99,17 @@ def add_eval_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="FILE",
                    help="write the result as clip_benchmark does (its JSON shape); FILE may hold {dataset}, "
                         "{model}, {pretrained}, {task}, {language}")
-    p.add_argument("--plot", metavar="PNG", help="with several --model values: a bar chart of the figures")
+    p.add_argument("--dataset", help="data set name written in --output (clip_benchmark's, e.g. flickr30k, "
+                                     "cifar10, imagenet1k; default: the file or folder name)")
+    p.add_argument("--plot", metavar="PNG", help="a bar chart of each model's figures (PNG; needs matplotlib)")
+    p.add_argument("--cache", metavar="DIR", help="image vector cache (default: $XDG_CACHE_HOME/photodex/eval-vectors)")
+    p.add_argument("--no-cache", action="store_true", help="encode every image, keep nothing")
+
+
+def cache_dir(args: argparse.Namespace) -> Path | None:
+    from retrieval.evaluation.image_vectors import default_cache_dir
+
+    return None if args.no_cache else Path(args.cache).expanduser() if args.cache else default_cache_dir()
 
 
 def run_models(args: argparse.Namespace, evaluate: Callable[[Any], dict[str, Any]],
@@ -116,6 +126,8 @@ def run_models(args: argparse.Namespace, evaluate: Callable[[Any], dict[str, Any
         report = evaluate(encoder)
         label = model_label(encoder.spec)
         report["label"] = label
+        if args.dataset:
+            report["dataset"] = args.dataset
         if args.output:
             result = to_clip_benchmark(report)
             path = output_path(args.output, n, **{k: result.get(k, "") for k in OUTPUT_FIELDS})
@@ -154,7 +166,6 @@ def _retrieval_text(r: dict[str, Any]) -> str:
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from retrieval.evaluation.compare import RETRIEVAL_COLUMNS
-    from retrieval.evaluation.image_vectors import default_cache_dir
     from retrieval.evaluation.retrieval_eval import as_clip_benchmark, evaluate_retrieval, load_task
     from ui.progress import TqdmProgress
 
@@ -164,7 +175,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     model_choices(args)  # bad --model values fail before the files are read
     task = load_task(args.captions, args.images, args.split)  # fails fast, before any model loads
     settings = base_settings(args)
-    cache = None if args.no_cache else Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    cache = cache_dir(args)
 
     def evaluate(encoder: Any) -> dict[str, Any]:
         progress = TqdmProgress(enabled=None if not args.json else False)
@@ -188,8 +199,80 @@ def register_retrieval(ev: Subparsers) -> None:
     p.add_argument("--split", help="Karpathy split to evaluate (default: test)")
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], metavar="K",
                    help="the k of Recall@k (default: 1 5 10)")
-    p.add_argument("--cache", metavar="DIR", help="image vector cache (default: $XDG_CACHE_HOME/photodex/eval-vectors)")
-    p.add_argument("--no-cache", action="store_true", help="encode every image, keep nothing")
     add_common(p)
     add_eval_model_args(p)
     p.set_defaults(func=cmd_eval_retrieval)
+
+
+def _zeroshot_text(r: dict[str, Any]) -> str:
+    zs, m, e = r["zero_shot"], r["metrics"], r["encode"]
+    top5 = f"  top-5 {zs['top5']:.4f}" if m["acc5"] is not None else "  (top-5: fewer than 5 classes)"
+    lines = [f"{r['images']} images, {r['classes']} classes, {r['templates']} templates ({r['template_set']}); "
+             f"encoder {r['encoder']}",
+             f"zero-shot top-1 {zs['top1']:.4f}{top5}  mean per-class recall {zs['mean_per_class_recall']:.4f}"]
+    if r["unreadable"]:
+        lines.append(f"warning: {r['unreadable']} unreadable images are left out of these figures")
+    if "templates_compared" in r:
+        t = r["templates_compared"]
+        lines.append(f"ensemble top-1 {t['ensemble_top1']:.4f} vs single templates "
+                     f"{t['worst_single_top1']:.4f}..{t['best_single_top1']:.4f}")
+    if "few_shot" in r:
+        f = r["few_shot"]
+        lines.append(f"{f['shots_per_class']}-shot: {f['few_shot_top1']:.4f} vs zero-shot {f['zero_shot_top1']:.4f} "
+                     f"on {f['held_out']} held-out images (gain {f['gain']:+.4f})")
+    worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:5]
+    lines.append("weakest classes: " + ", ".join(f"{k} {v:.2f}" for k, v in worst))
+    if zs["confusions"]:
+        lines.append("top confusions: " + ", ".join(f"{a}->{b} ({n})" for a, b, n in zs["confusions"][:5]))
+    speed = f" at {e['photos_per_second']} photos/s" if e["photos_per_second"] else ""
+    lines.append(f"images: {e['encoded']} encoded{speed}, {e['from_cache']} from the cache")
+    if "output" in r:
+        lines.append(f"wrote {r['output']}")
+    return "\n".join(lines)
+
+
+def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
+    from retrieval.classify.eval_folder import read_image_folder
+    from retrieval.classify.templates import ensure_templates
+    from retrieval.evaluation.compare import ZEROSHOT_COLUMNS
+    from retrieval.evaluation.zeroshot_eval import as_clip_benchmark, evaluate_zeroshot
+    from ui.progress import TqdmProgress
+
+    model_choices(args)
+    read_image_folder(args.folder, args.classnames)  # bad folder, class names or templates fail before a model loads
+    ensure_templates(args.templates)
+    settings = base_settings(args)
+    cache = cache_dir(args)
+
+    def evaluate(encoder: Any) -> dict[str, Any]:
+        progress = TqdmProgress(enabled=None if not args.json else False)
+        try:
+            return evaluate_zeroshot(encoder, args.folder, args.templates, shots=args.shots, seed=args.seed,
+                                     classnames=args.classnames, cache_dir=cache, batch_size=settings.batch_size,
+                                     workers=settings.workers, max_image_pixels=settings.max_image_pixels,
+                                     progress=progress)
+        finally:
+            progress.close()
+
+    return run_models(args, evaluate, as_clip_benchmark, ZEROSHOT_COLUMNS,
+                      f"{Path(args.folder).name} zero-shot", _zeroshot_text)
+
+
+def register_zeroshot(ev: Subparsers) -> None:
+    """``photodex eval zeroshot`` (registered by :func:`ui.cli.classify.register` under ``eval``)."""
+    z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) top-1/top-5/mean per-class recall on an "
+                                       "ImageFolder layout")
+    z.add_argument("folder", help="one sub-folder of images per class")
+    z.add_argument("--templates", default="photos",
+                   help="template set: photodex's (photos, imagenet7, imagenet80), clip_benchmark's by data set "
+                        "name (openai_imagenet, cifar10, cifar100, imagenet1k, food101, ...) or a file with one "
+                        "'{}' template per line")
+    z.add_argument("--classnames", metavar="NAME_OR_FILE",
+                   help="class names for the sorted sub-folders: clip_benchmark's list by data set name "
+                        "(imagenet1k, cifar10, ...), a file with one name per line, or JSON (a list, or "
+                        "folder -> name); default: the folder names")
+    z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
+    z.add_argument("--seed", type=int, default=0)
+    add_common(z)
+    add_eval_model_args(z)
+    z.set_defaults(func=cmd_eval_zeroshot)
