@@ -20,6 +20,7 @@ from .fewshot import evaluate as evaluate_head
 from .fewshot import fit_few_shot
 from .metrics import compare_templates, evaluate_zero_shot
 from .class_names import load_class_names
+from .scoring import scoring_kind
 from .split import shots_split
 from .tagging import encode_files
 from .templates import ensure_templates
@@ -62,7 +63,7 @@ def evaluate_image_folder(encoder: Encoder, folder: str | Path, templates: str =
     weights = build_zero_shot_weights(names, tmpl, encoder.encode_texts)
     scale = encoder.logit_scale
     out: dict[str, Any] = {"images": int(ok.sum()), "unreadable": int((~ok).sum()), "classes": len(names),
-                           "templates": len(tmpl)}
+                           "templates": len(tmpl), "scoring": scoring_kind(getattr(encoder, "logit_bias", None))}
     out["zero_shot"] = evaluate_zero_shot(vecs, labels, names, weights, scale).to_dict()
     if len(tmpl) > 1:
         cmp = compare_templates(vecs, labels, names, tmpl, encoder.encode_texts, scale)

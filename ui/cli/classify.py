@@ -79,7 +79,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         emit(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
              f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items())
              + (f" ({r['skipped_by_moderation']} left out by moderation; --moderation any includes them)"
-                if r["skipped_by_moderation"] else ""))
+                if r["skipped_by_moderation"] else "")
+             + (" (sigmoid scoring: each probability is the label's own, from the model's logit bias)"
+                if r.get("scoring") == "sigmoid" else ""))
         return 0
     encoder = load_chosen_encoder(settings)
     clf = _classifier(args, labels, encoder, None)

@@ -209,7 +209,8 @@ def _zeroshot_text(r: dict[str, Any]) -> str:
     top5 = f"  top-5 {zs['top5']:.4f}" if m["acc5"] is not None else "  (top-5: fewer than 5 classes)"
     lines = [f"{r['images']} images, {r['classes']} classes, {r['templates']} templates ({r['template_set']}); "
              f"encoder {r['encoder']}",
-             f"zero-shot top-1 {zs['top1']:.4f}{top5}  mean per-class recall {zs['mean_per_class_recall']:.4f}"]
+             f"zero-shot top-1 {zs['top1']:.4f}{top5}  mean per-class recall {zs['mean_per_class_recall']:.4f}"
+             f"  ({r['scoring']} scoring)"]
     if r["unreadable"]:
         lines.append(f"warning: {r['unreadable']} unreadable images are left out of these figures")
     if "templates_compared" in r:
