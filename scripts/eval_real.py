@@ -78,6 +78,10 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+class Refused(Exception):
+    """An input that makes the run impossible: told in one line, exit code 2."""
+
+
 def work_dir() -> Path:
     base = _env("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(_env("PHOTODEX_EVAL_WORK") or Path(base) / "photodex" / "eval-real")
@@ -90,7 +94,7 @@ def chosen() -> list[str]:
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in COMPARISONS]
     if unknown:
-        raise SystemExit(_fail(f"PHOTODEX_EVAL_ONLY names {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}"))
+        raise Refused(f"PHOTODEX_EVAL_ONLY names {', '.join(unknown)}; choose from {', '.join(COMPARISONS)}")
     return names
 
 
@@ -275,7 +279,10 @@ def table(reports: dict[str, dict[str, Any]], model: str, pretrained: str | None
 
 
 def main() -> int:
-    names = chosen()
+    try:
+        names = chosen()
+    except Refused as exc:
+        return _fail(str(exc))
     model = _env("PHOTODEX_EVAL_MODEL", PUBLISHED_MODEL[0])
     pretrained = _env("PHOTODEX_EVAL_PRETRAINED", None if model.startswith(("local-dir:", "hf-hub:"))
                       else PUBLISHED_MODEL[1])

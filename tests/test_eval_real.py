@@ -4,6 +4,7 @@ and its one-line refusal when weights or data are missing."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -62,23 +63,41 @@ def write_pope_splits(folder: Path) -> Path:
     return folder
 
 
-def test_missing_inputs_one_line_exit_2(tmp_path):
-    proc = _run({}, tmp_path)
-    assert proc.returncode == 2 and proc.stdout == ""
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1, err
+def _main_in_process(monkeypatch, capsys, tmp_path, **env):
+    """scripts/eval_real.py's main() here (the shell wrapper only picks the interpreter): one fast check."""
+    import runpy
+
+    for k in list(os.environ):
+        if k.startswith("PHOTODEX_EVAL_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("PHOTODEX_EVAL_WORK", str(tmp_path / "work"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    module = runpy.run_path(str(ROOT / "scripts" / "eval_real.py"))
+    rc = module["main"]()
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_missing_inputs_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    rc, out, err = _main_in_process(monkeypatch, capsys, tmp_path)
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
     for name in ("ViT-B-32 laion2b_s34b_b79k weights", "PHOTODEX_EVAL_IMAGENET", "PHOTODEX_EVAL_CIFAR10",
                  "PHOTODEX_EVAL_FLICKR30K_CAPTIONS", "PHOTODEX_EVAL_FLICKR30K_IMAGES", "VLM llava-hf/llava-1.5-7b-hf",
                  "PHOTODEX_EVAL_POPE ", "PHOTODEX_EVAL_POPE_IMAGES"):
         assert name in err, name
-    proc = _run({"PHOTODEX_EVAL_ONLY": "flickr30k", "PHOTODEX_EVAL_MODEL": f"local-dir:{ROOT / 'tests/assets/tiny_clip'}",
-                 "PHOTODEX_EVAL_FLICKR30K_IMAGES": str(tmp_path)}, tmp_path)
-    assert proc.returncode == 2 and "missing 1 input: PHOTODEX_EVAL_FLICKR30K_CAPTIONS" in proc.stderr
+    rc, out, err = _main_in_process(monkeypatch, capsys, tmp_path, PHOTODEX_EVAL_ONLY="flickr30k",
+                                    PHOTODEX_EVAL_MODEL=f"local-dir:{ROOT / 'tests/assets/tiny_clip'}",
+                                    PHOTODEX_EVAL_FLICKR30K_IMAGES=str(tmp_path))
+    assert rc == 2 and "missing 1 input: PHOTODEX_EVAL_FLICKR30K_CAPTIONS" in err
+    rc, out, err = _main_in_process(monkeypatch, capsys, tmp_path, PHOTODEX_EVAL_ONLY="imagenet,nope")
+    assert rc == 2 and "PHOTODEX_EVAL_ONLY names nope" in err
 
 
 def test_eval_real_end_to_end_on_stand_ins(tmp_path, world_tiny_clip_dir, world_tiny_vlm_dir):
     imagefolder = tmp_path / "imagenet-standin"
-    write_imagefolder(imagefolder, 2, seed=3)
+    write_imagefolder(imagefolder, 1, seed=3)
     n_cifar = write_cifar_batches(tmp_path / "cifar-10-batches-py", imagefolder)
     sets = write_caption_sets(tmp_path / "flickr")
     pope = write_pope_splits(tmp_path / "pope")
