@@ -140,20 +140,17 @@ def test_text_report(capsys, tmp_path, sets, world_tiny_clip_dir):
     assert "text -> image" in out and "image -> text" in out and "R@3" in out and "R@5" not in out
 
 
-def test_images_encoded_as_index_stores_them(capsys, tmp_path, sets, world_tiny_clip_dir, world_encoder):
-    """The eval vectors are the ones `photodex index` keeps for the same files (float16 in the catalog)."""
+def test_images_encoded_as_index_stores_them(tmp_path, sets, world_encoder):
+    """The eval vectors are the ones an index run keeps for the same files (float16 in the catalog)."""
     from indexer.collection import Collection
+    from indexer.run import RunOptions, index_paths
 
-    coll = tmp_path / "coll"
-    rc, _, err = run(capsys, "index", str(sets.images / "val2014"), "--collection", str(coll), "--model",
-                     f"local-dir:{world_tiny_clip_dir}", "--json")
-    assert rc == 0, err
-    with Collection.open(coll) as c:
-        _, stored = c.load_vectors()
-    cs = read_captions(sets.karpathy)
-    files = resolve_images(cs, sets.images)
+    with Collection.open_for_encoder(tmp_path / "coll", world_encoder.spec) as coll:
+        index_paths(coll, world_encoder, [sets.images / "val2014"], RunOptions(workers=0, batch_size=8))
+        _, stored = coll.load_vectors()
+    files = resolve_images(read_captions(sets.karpathy), sets.images)
     vecs = encode_image_files(world_encoder, files).vectors
-    # match by nearest stored vector: every eval vector has a stored twin within float16 rounding
+    # every eval vector has a stored twin within float16 rounding, and they pair one to one
     sims = vecs @ stored.T
     assert np.all(sims.max(axis=1) > 1 - 1e-3)
     assert len(set(sims.argmax(axis=1).tolist())) == len(files) == len(stored)
@@ -164,7 +161,7 @@ def test_images_encoded_as_index_stores_them(capsys, tmp_path, sets, world_tiny_
 
 def test_cache_resumes_after_a_stopped_run_and_notices_changed_files(tmp_path, sets, world_encoder, monkeypatch):
     cs = read_captions(sets.karpathy)
-    files = resolve_images(cs, sets.images)
+    files = resolve_images(cs, sets.images)[:12]
     cache = tmp_path / "cache"
     calls = {"n": 0}
     real = world_encoder.encode_images
