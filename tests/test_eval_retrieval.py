@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.evaluation.captions import read_captions, resolve_images
 from retrieval.evaluation.image_vectors import encode_image_files
 from retrieval.evaluation.recall import retrieval_recall
@@ -32,7 +32,7 @@ def _one_process(monkeypatch):
 
 @pytest.fixture(scope="module")
 def world_encoder(world_tiny_clip_dir):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
 

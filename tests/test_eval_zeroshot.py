@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.classify.class_names import load_class_names
 from retrieval.classify.metrics import evaluate_scores
 from retrieval.classify.templates import load_templates

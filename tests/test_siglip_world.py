@@ -84,7 +84,7 @@ def test_sigmoid_scoring_by_hand():
 
 
 def test_tiny_siglip_end_to_end(capsys, tmp_path, siglip):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     model = f"local-dir:{siglip}"
     encoder = load_encoder(model, device="cpu")

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 __all__ = ["CLASS_NAME_DIR", "list_class_name_sets", "load_class_names"]
 

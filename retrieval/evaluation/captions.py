@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 __all__ = ["CaptionSet", "read_captions", "resolve_images"]
 

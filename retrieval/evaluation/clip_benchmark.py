@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from indexer.atomic import atomic_write
+from indexer.core.atomic import atomic_write
 
 __all__ = ["ZEROSHOT_CLASSIFICATION", "ZEROSHOT_RETRIEVAL", "clip_benchmark_result", "write_result"]
 

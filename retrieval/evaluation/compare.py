@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import InputError
-from indexer.vectors import VECTOR_DTYPE
+from indexer.core.errors import InputError
+from indexer.core.vectors import VECTOR_DTYPE
 
 __all__ = ["RETRIEVAL_COLUMNS", "ZEROSHOT_COLUMNS", "comparison_row", "disk_per_million", "format_table",
            "plot_comparison"]

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.atomic import atomic_write
-from indexer.encoders import Encoder
-from indexer.errors import InputError
-from indexer.progress import Progress
+from indexer.core.atomic import atomic_write
+from indexer.encode.encoders import Encoder
+from indexer.core.errors import InputError
+from indexer.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def encode_image_files(encoder: Encoder, paths: Sequence[Path], *, cache_dir: st
     An image that cannot be decoded is refused after the others are encoded and cached (one line
     naming it and how many others failed), so no figure is computed without it and no work is lost;
     with ``skip_errors`` its row stays zero and the reason is returned instead."""
-    from indexer.encode_run import make_loader  # torch: only when something is encoded
+    from indexer.encode.run import make_loader  # torch: only when something is encoded
 
     cache = VectorCache(cache_dir, encoder) if cache_dir is not None else None
     keys = [file_key(p) for p in paths]

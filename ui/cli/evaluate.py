@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit
 
-from .common import Subparsers, add_common, settings_from
+from .common import Subparsers, settings_from, shared_options
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +192,14 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 
 def register_retrieval(ev: Subparsers) -> None:
     """``photodex eval retrieval`` (registered by :func:`ui.cli.classify.register` under ``eval``)."""
-    p = ev.add_parser("retrieval", help="image<->text Recall@1/5/10 on a Karpathy split or COCO captions file")
+    p = ev.add_parser("retrieval", help="image<->text Recall@1/5/10 on a Karpathy split or COCO captions file",
+                      parents=shared_options())
     p.add_argument("captions", help="Karpathy split JSON (dataset_flickr30k.json, dataset_coco.json) or COCO "
                                     "captions JSON (captions_val2014.json)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder the file's image names are under")
     p.add_argument("--split", help="Karpathy split to evaluate (default: test)")
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], metavar="K",
                    help="the k of Recall@k (default: 1 5 10)")
-    add_common(p)
     add_eval_model_args(p)
     p.set_defaults(func=cmd_eval_retrieval)
 
@@ -262,7 +262,7 @@ def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
 def register_zeroshot(ev: Subparsers) -> None:
     """``photodex eval zeroshot`` (registered by :func:`ui.cli.classify.register` under ``eval``)."""
     z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) top-1/top-5/mean per-class recall on an "
-                                       "ImageFolder layout")
+                                       "ImageFolder layout", parents=shared_options())
     z.add_argument("folder", help="one sub-folder of images per class")
     z.add_argument("--templates", default="photos",
                    help="template set: photodex's (photos, imagenet7, imagenet80), clip_benchmark's by data set "
@@ -274,6 +274,5 @@ def register_zeroshot(ev: Subparsers) -> None:
                         "folder -> name); default: the folder names")
     z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
     z.add_argument("--seed", type=int, default=0)
-    add_common(z)
     add_eval_model_args(z)
     z.set_defaults(func=cmd_eval_zeroshot)
