@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.atomic import atomic_write
-from indexer.encode.encoders import Encoder
 from indexer.core.errors import InputError
 from indexer.core.progress import Progress
+from indexer.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 

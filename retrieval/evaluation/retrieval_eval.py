@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.encode.encoders import Encoder
 from indexer.core.progress import Progress
+from indexer.encode.encoders import Encoder
 
 from .captions import CaptionSet, read_captions, resolve_images
 from .clip_benchmark import ZEROSHOT_RETRIEVAL, clip_benchmark_result

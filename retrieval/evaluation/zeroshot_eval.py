@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.encode.encoders import Encoder
 from indexer.core.progress import Progress
+from indexer.encode.encoders import Encoder
 from retrieval.classify.eval_folder import evaluate_image_folder
 
 from .clip_benchmark import ZEROSHOT_CLASSIFICATION, clip_benchmark_result
