@@ -41,7 +41,7 @@ PLACEHOLDER = re.compile(r"""(?x)^(?:
       [A-Z][A-Z0-9_]*(?:[=.:][A-Za-z0-9_.]*)?   # FILE, NAME, N, KEY=VALUE, FILE.json, HEAD:6379
     | <[^>]*> | \.\.\.|… | \{[^}]*\}             # <repo>, ..., …, an f-string field
     | ~/\S* )$""")
-SPAN = re.compile(r"``(.+?)``|`([^`\n]+)`")
+SPAN = re.compile(r"``((?:[^`\n]|\n(?!\s*\n))+?)``|`((?:[^`\n]|\n(?!\s*\n))+)`")  # within a paragraph
 COMMAND_START = re.compile(r"(?<![\w./-])photodex (?=[a-z])")
 
 
@@ -70,7 +70,7 @@ def markdown_files() -> list[Path]:
 def spans(text: str) -> Iterator[tuple[int, str]]:
     """(offset, text) of each inline code span (``x`` or `x`) that starts with ``photodex ``."""
     for m in SPAN.finditer(text):
-        inner = (m.group(1) or m.group(2)).strip()
+        inner = " ".join((m.group(1) or m.group(2)).split())  # a span wrapped onto the next line is one
         if inner.startswith("photodex "):
             yield m.start(), inner
 
@@ -112,18 +112,21 @@ def comment_commands(comment: str) -> Iterator[str]:
 def from_markdown(path: Path) -> Iterator[Shown]:
     rel = path.relative_to(ROOT)
     lines = path.read_text().splitlines()
+    prose: list[str] = []  # the file with shell blocks and fences blanked: spans are found over whole paragraphs
     fence: str | None = None
     lang = ""
     pending: list[tuple[int, str]] = []  # a shell line continued with a trailing backslash
     for no, raw in enumerate(lines, 1):
         stripped = raw.strip()
+        shell = fence is not None and lang in SHELL_LANGS
+        prose.append("" if shell or stripped.startswith(("```", "~~~")) else raw)
         if stripped.startswith(("```", "~~~")):
             if fence is None:
                 fence, lang = stripped[:3], stripped[3:].strip().lower()
             elif stripped.startswith(fence):
                 fence = None
             continue
-        if fence is not None and lang in SHELL_LANGS:
+        if shell:
             code, comment = split_comment(raw)
             if code.rstrip().endswith("\\"):
                 pending.append((no, code.rstrip()[:-1]))
@@ -138,9 +141,9 @@ def from_markdown(path: Path) -> Iterator[Shown]:
                 yield Shown(f"{rel}:{no}", span, shell=False)
             for cmd in comment_commands(SPAN.sub(" ", comment)):
                 yield Shown(f"{rel}:{no}", cmd, shell=True)
-        else:  # prose, and code blocks that are not shell (diagrams): inline spans only
-            for _, span in spans(raw):
-                yield Shown(f"{rel}:{no}", span, shell=False)
+    text = "\n".join(prose)  # prose, and code blocks that are not shell (diagrams): inline spans only
+    for offset, span in spans(text):
+        yield Shown(f"{rel}:{text.count(chr(10), 0, offset) + 1}", span, shell=False)
 
 
 def _docstring_ids(tree: ast.AST) -> set[int]:
