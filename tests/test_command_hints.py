@@ -23,6 +23,7 @@ import argparse
 import ast
 import contextlib
 import fnmatch
+import functools
 import io
 import re
 import shlex
@@ -109,8 +110,8 @@ def comment_commands(comment: str) -> Iterator[str]:
         yield re.split(r";|\s\(|\)|\s{3,}", comment[m.start():])[0].strip().rstrip(".,")
 
 
-def from_markdown(path: Path) -> Iterator[Shown]:
-    rel = path.relative_to(ROOT)
+def from_markdown(path: Path, root: Path = ROOT) -> Iterator[Shown]:
+    rel = path.relative_to(root)
     lines = path.read_text().splitlines()
     prose: list[str] = []  # the file with shell blocks and fences blanked: spans are found over whole paragraphs
     fence: str | None = None
@@ -213,9 +214,10 @@ def from_help() -> Iterator[Shown]:
                     yield Shown(where, line.strip(), shell=True)
 
 
-def shown_commands() -> list[Shown]:
+@functools.cache
+def shown_commands() -> tuple[Shown, ...]:
     found = [*(s for md in markdown_files() for s in from_markdown(md)), *from_source(), *from_help()]
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -403,20 +405,24 @@ def test_placeholders_are_filled_with_values_the_parser_accepts(line):
     assert parse_error(Shown("planted", line, shell=False)) is None
 
 
-def test_a_planted_wrong_hint_in_the_sources_is_found(tmp_path, monkeypatch):
+def test_a_planted_wrong_hint_in_the_sources_is_found(tmp_path):
     """A bad hint in a message, a markdown code block or a comment is collected and refused."""
     md = tmp_path / "x.md"
     md.write_text("Run `photodex moderation policy set FILE`.\n\n```bash\nphotodex index ~/Pictures && "
-                  "photodex serach dog   # or: photodex simliar --id 3\n```\n")
+                  "photodex serach dog   # or: photodex simliar --id 3\n```\n\nA span wrapped `photodex\n"
+                  "reindex --shrads 4` over two lines.\n")
     py = tmp_path / "x.py"
-    py.write_text('def f(scope):\n    raise ValueError(f"needs a key (`photodex apikey make NAME --scope {scope}`)")\n')
-    monkeypatch.setattr("tests.test_command_hints.ROOT", tmp_path)
-    shown = [*from_markdown(md), *(s for line, text, doc in string_literals(py)
-                                   for s in from_text("x.py", line, text, doc))]
+    py.write_text('def f(scope):\n    raise ValueError(f"needs a key (`photodex apikey make NAME --scope {scope}`)")\n\n\n'
+                  'st.info("No policy yet: `photodex moderation policy set FILE --activate` "\n'
+                  '        "(or `POST /api/v1/policies?activate=true`).")\n')
+    shown = [*from_markdown(md, root=tmp_path), *(s for line, text, doc in string_literals(py)
+                                                  for s in from_text("x.py", line, text, doc))]
+    assert {s.line for s in shown} >= {"photodex index '~/Pictures'"}  # collected, and fine
     bad = {s.line: s.where for s in shown if parse_error(s)}
     assert bad == {"photodex moderation policy set FILE": "x.md:1", "photodex serach dog": "x.md:4",
-                   "photodex simliar --id 3": "x.md:4",
-                   "photodex apikey make NAME --scope {scope}": "x.py:2"}
+                   "photodex simliar --id 3": "x.md:4", "photodex reindex --shrads 4": "x.md:7",
+                   "photodex apikey make NAME --scope {scope}": "x.py:2",
+                   "photodex moderation policy set FILE --activate": "x.py:5"}
 
 
 # ---- hints for HTTP clients ----------------------------------------------------------------------
