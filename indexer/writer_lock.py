@@ -126,7 +126,8 @@ class WriterLock:
             conn.close()
             return False
         conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
-        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"), {"v": json.dumps(holder_info(self._note))})
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"),
+                     {"v": json.dumps(holder_info(self._note))})
         conn.commit()
         self._conn = conn
         self._pg_fd = _socket_fd(conn)

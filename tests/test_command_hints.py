@@ -25,6 +25,7 @@ import contextlib
 import fnmatch
 import functools
 import io
+import pickle
 import re
 import shlex
 import tomllib
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from indexer.errors import InputError, WriterBusyError
+from ui.api.errors import WRITER_BUSY_RETRY_S, writer_busy
 from ui.cli.app import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -412,7 +415,8 @@ def test_a_planted_wrong_hint_in_the_sources_is_found(tmp_path):
                   "photodex serach dog   # or: photodex simliar --id 3\n```\n\nA span wrapped `photodex\n"
                   "reindex --shrads 4` over two lines.\n")
     py = tmp_path / "x.py"
-    py.write_text('def f(scope):\n    raise ValueError(f"needs a key (`photodex apikey make NAME --scope {scope}`)")\n\n\n'
+    py.write_text('def f(scope):\n'
+                  '    raise ValueError(f"needs a key (`photodex apikey make NAME --scope {scope}`)")\n\n\n'
                   'st.info("No policy yet: `photodex moderation policy set FILE --activate` "\n'
                   '        "(or `POST /api/v1/policies?activate=true`).")\n')
     shown = [*from_markdown(md, root=tmp_path), *(s for line, text, doc in string_literals(py)
@@ -448,3 +452,23 @@ def test_api_strings_name_no_cli_flags():
 def test_the_api_flag_check_can_fail():
     assert CLI_FLAG.search("collection is busy; try again when it ends, or pass --wait")
     assert not CLI_FLAG.search("retry after 5 s (Retry-After); GET /api/v1/index/jobs/abc; X-API-Key; a--b")
+
+
+def test_an_error_is_worded_for_the_cli_and_for_http_clients():
+    """``str(exc)`` (the CLI's line) carries the CLI hint, ``for_http()`` (the API's message) the HTTP one;
+    both survive pickling (errors cross process boundaries in Ray and decode workers)."""
+    exc = InputError("no indexed photos", hint="run `photodex index PATH` first",
+                     http_hint="start an index job first (POST /api/v1/index/jobs)")
+    assert str(exc) == "no indexed photos; run `photodex index PATH` first"
+    assert exc.for_http() == "no indexed photos; start an index job first (POST /api/v1/index/jobs)"
+    again = pickle.loads(pickle.dumps(exc))
+    assert (str(again), again.for_http()) == (str(exc), exc.for_http()) and isinstance(again, ValueError)
+    assert InputError("plain").for_http() == str(InputError("plain")) == "plain"
+
+    busy = WriterBusyError("collection c is being written by pid 7", holder={"pid": 7, "job": "ab" * 16},
+                           hint="try again when it ends, or pass --wait")
+    assert "--wait" in str(busy) and "--wait" not in busy.for_http()
+    api = writer_busy(pickle.loads(pickle.dumps(busy)), job_route=f"/api/v1/index/jobs/{'ab' * 16}")
+    assert api.status == 409 and api.code == "writer_busy" and api.headers == {"Retry-After": str(WRITER_BUSY_RETRY_S)}
+    assert f"GET /api/v1/index/jobs/{'ab' * 16}" in api.message and not CLI_FLAG.search(api.message)
+    assert api.detail == {"job_id": "ab" * 16, "retry_after_s": WRITER_BUSY_RETRY_S}
