@@ -106,7 +106,7 @@ def client_main(args: argparse.Namespace) -> None:
 # ---- orchestrator -----------------------------------------------------------------------------------------------
 def build_collection(root: Path, n: int) -> Path:
     from indexer.collection import Collection
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
     from retrieval.index.store import refresh_index
     from tests.helpers import make_library, save_tiny_clip
@@ -125,7 +125,7 @@ class InProcess:
 
     def __init__(self, collection: Path) -> None:
         from indexer.collection import Collection
-        from indexer.settings import Settings
+        from ui.settings import Settings
         from retrieval.search.searcher import Searcher, SearchOptions
         from ui.api.runtime import LockedEncoder
         from ui.context import load_chosen_encoder

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.collection import Collection
-from indexer.errors import WriterBusyError
+from indexer.core.errors import WriterBusyError
 from indexer.run import RunOptions, index_paths
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.index.store import refresh_index
 from tests.helpers import make_library
 from tests.api_support import assert_error

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from indexer.catalog_models import ApiKey
+from indexer.catalog.models import ApiKey
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
-from indexer.settings import Settings
+from ui.settings import Settings
 from tests.helpers import make_library
 from tests.api_support import assert_error
 from ui.api.app import create_app

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import InputError, WriterBusyError
+from indexer.core.errors import InputError, WriterBusyError
 from ui.api.errors import WRITER_BUSY_RETRY_S, writer_busy
 from ui.cli.app import build_parser
 

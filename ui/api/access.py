@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 
-from indexer.settings import Settings
+from ui.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from indexer.settings import Settings, get_settings
+from ui.settings import Settings, get_settings
 
 from .access import read_rule
 from .errors import install_error_handlers

@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from indexer.collection import Collection
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.search.searcher import Searcher
 
 from .access import reads_need_key

@@ -1,7 +1,7 @@
 """The one error shape ``{"error": {"code", "message", "detail"}}`` and the handlers that make it.
 
 Mapping (once, here): :class:`ApiError` → its status; photodex's error family
-(:mod:`indexer.errors`), worded for HTTP clients (``for_http``: no CLI flags): ``WriterBusyError`` → 409
+(:mod:`indexer.core.errors`), worded for HTTP clients (``for_http``: no CLI flags): ``WriterBusyError`` → 409
 ``writer_busy`` with ``Retry-After`` (and the index job holding the writer, when one does),
 ``DecodeError`` → 422 ``undecodable_image``,
 ``InputError`` → 422 ``invalid_input``, ``ConfigError`` → 500 ``config_error``; HTTP errors (404,
@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import NoMatchFound
 
-from indexer.decode import DecodeError
-from indexer.errors import ConfigError, InputError, PhotodexError, WriterBusyError
+from indexer.encode.decode import DecodeError
+from indexer.core.errors import ConfigError, InputError, PhotodexError, WriterBusyError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.collection import Collection
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.index.store import open_index
 from retrieval.search.searcher import Searcher
 

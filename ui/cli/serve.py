@@ -8,7 +8,7 @@ import sys
 
 from ui.output import emit
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_options
 
 # flag → setting, handed to the server (and to every worker process) through the environment
 _ENV_FLAGS = {"collection": "PHOTODEX_COLLECTION", "database_url": "PHOTODEX_DATABASE_URL",
@@ -65,28 +65,25 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("serve", help="serve the HTTP API (uvicorn); see /docs for the OpenAPI document")
+    p = sub.add_parser("serve", help="serve the HTTP API (uvicorn); see /docs for the OpenAPI document",
+                       parents=shared_options(model=True))
     p.add_argument("--host", default=os.environ.get(HOST_ENV, "127.0.0.1"),
                    help=f"address to bind (default ${HOST_ENV} or 127.0.0.1: this machine only); beyond loopback "
                         "(0.0.0.0, ::, a LAN address) reads need an API key of scope read")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (use a PostgreSQL catalog, PHOTODEX_DATABASE_URL, for more than one)")
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("apikey", help="API keys of the HTTP API")
     keys = p.add_subparsers(dest="apikey_command", required=True)
-    c = keys.add_parser("create", help="create a key; it is printed once and stored only as its sha256")
+    c = keys.add_parser("create", help="create a key; it is printed once and stored only as its sha256",
+                        parents=shared_options())
     c.add_argument("name")
     c.add_argument("--scope", choices=["read", "write", "admin"], default="read")
-    add_common(c)
     c.set_defaults(func=cmd_apikey_create)
-    ls = keys.add_parser("list", help="names, scopes and prefixes of the keys")
-    add_common(ls)
+    ls = keys.add_parser("list", parents=shared_options(), help="names, scopes and prefixes of the keys")
     ls.set_defaults(func=cmd_apikey_list)
-    rv = keys.add_parser("revoke", help="delete a key")
+    rv = keys.add_parser("revoke", parents=shared_options(), help="delete a key")
     rv.add_argument("name")
-    add_common(rv)
     rv.set_defaults(func=cmd_apikey_revoke)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 from .common import Subparsers
 

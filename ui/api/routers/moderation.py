@@ -21,9 +21,9 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 
-from indexer.catalog_models import ModerationPolicy
+from indexer.catalog.models import ModerationPolicy
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError, InputError
+from indexer.core.errors import EncoderMismatchError, InputError
 from retrieval.classify.templates import list_template_sets
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
