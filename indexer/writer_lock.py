@@ -39,17 +39,19 @@ PG_LOCK_KEY = 0x70686F746F646578 & 0x7FFFFFFFFFFFFFFF  # "photodex"; advisory lo
 POLL_SECONDS = 0.2
 
 
-def holder_info() -> dict[str, Any]:
-    """Who is asking: pid, host, start time and command line."""
+def holder_info(note: dict[str, str] | None = None) -> dict[str, Any]:
+    """Who is asking: pid, host, start time and command line, plus ``note`` (``{"job": id}`` for an API job)."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+            **(note or {})}
 
 
 def describe_holder(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process"
-    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
+    return ((f"index job {info['job']} of " if info.get("job") else "")
+            + f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
             + (f" ({info['command']})" if info.get("command") else ""))
 
 
@@ -96,6 +98,7 @@ class WriterLock:
         self._fd: int | None = None
         self._conn: Any = None
         self._pg_fd: int | None = None
+        self._note: dict[str, str] | None = None
 
     # ---- one attempt ---------------------------------------------------------------------
     def _try_file(self) -> bool:
@@ -108,7 +111,7 @@ class WriterLock:
                 return False
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
+        os.pwrite(fd, json.dumps(holder_info(self._note)).encode(), 0)
         self._fd = fd
         _hold(fd)
         return True
@@ -123,7 +126,8 @@ class WriterLock:
             conn.close()
             return False
         conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
-        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"), {"v": json.dumps(holder_info())})
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"),
+                     {"v": json.dumps(holder_info(self._note))})
         conn.commit()
         self._conn = conn
         self._pg_fd = _socket_fd(conn)
@@ -145,9 +149,14 @@ class WriterLock:
         except Exception:  # noqa: BLE001 - only used to word a message
             return None
 
-    def acquire(self, wait: bool = False, timeout: float | None = None) -> "WriterLock":
-        """Take the lock, or raise :class:`WriterBusyError` naming the holder (``wait``: poll until free)."""
+    def acquire(self, wait: bool = False, timeout: float | None = None,
+                note: dict[str, str] | None = None) -> "WriterLock":
+        """Take the lock, or raise :class:`WriterBusyError` naming the holder (``wait``: poll until free).
+
+        ``note`` is recorded with the holder (an API index job gives ``{"job": id}``, so a refused client
+        is told which job to follow)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._note = note
         announced = False
         while True:
             got_file = self._try_file()
@@ -156,10 +165,11 @@ class WriterLock:
                 return self
             if got_file:
                 self._release_file()
-            holder = describe_holder(self.holder())
+            info = self.holder()
+            holder = describe_holder(info)
             if not wait or (deadline is not None and time.monotonic() >= deadline):
-                raise WriterBusyError(f"collection {self.path.parent} is being written by {holder}; "
-                                      "try again when it ends, or pass --wait")
+                raise WriterBusyError(f"collection {self.path.parent} is being written by {holder}", holder=info,
+                                      hint="try again when it ends, or pass --wait")
             if not announced:
                 log.warning("waiting for the writer lock held by %s", holder)
                 announced = True

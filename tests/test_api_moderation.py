@@ -149,7 +149,8 @@ def test_rescan_dry_run_writes_nothing_and_a_real_run_needs_write_and_the_lock(c
     assert_error(client.post(f"{API}/moderate/rescan", json=real), 401, "unauthorized")
     assert_error(client.post(f"{API}/moderate/rescan", json=real, headers={"X-API-Key": keys["read"]}), 403)
     with Collection.open(world.path) as holder, holder.writer_lock().acquire():
-        assert_error(client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys)), 409, "writer_busy")
+        busy = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
+        assert "--wait" not in assert_error(busy, 409, "writer_busy")["message"] and busy.headers["Retry-After"]
     assert _counts(coll) == before
     done = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
     assert done.status_code == 200 and done.json()["run_id"] and not done.json()["dry_run"]

@@ -64,7 +64,7 @@ def _camera_raw_size(data: bytes, upload: UploadFile) -> tuple[int, int] | None:
         return camera_raw_size(stream)
     except DecodeError as exc:
         status, code = (415, "unsupported_media_type") if str(exc) == RAWPY_MISSING else (422, "undecodable_image")
-        raise ApiError(status, code, str(exc), {"content_type": upload.content_type}) from None
+        raise ApiError(status, code, exc.for_http(), {"content_type": upload.content_type}) from None
 
 
 class BodyTooLarge(HTTPException):
