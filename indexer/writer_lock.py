@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import WriterBusyError
+from .storage_errors import storage_refusals
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -99,7 +100,8 @@ class WriterLock:
 
     # ---- one attempt ---------------------------------------------------------------------
     def _try_file(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with storage_refusals(context="nothing was changed"):  # a read-only collection: one line naming the file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
