@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .catalog_models import ERROR, INDEXED, Embedding, Photo
 from .collection import Collection
-from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
+from .decode import DecodeError, PhotoFacts, decode_photo, register_heif, set_max_image_pixels
 from .encoders import Encoder
 from .pending import BatchHook, EncodeReport, pending_count, pending_items  # noqa: F401 - re-exported
 from .progress import Progress
@@ -69,7 +69,7 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, PhotoFacts | None, str 
 
 def configure_decoding(max_image_pixels: int, _worker_id: int | None = None) -> None:
     """Per-process decoder set-up: the bomb limit and HEIC support (DataLoader ``worker_init_fn``)."""
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    set_max_image_pixels(max_image_pixels)
     register_heif()
 
 

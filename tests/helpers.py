@@ -64,6 +64,21 @@ def make_library(root: Path, n: int, start: int = 0, size: tuple[int, int] = (64
             for i in range(start, start + n)]
 
 
+def bomb_png(side: int = 30000) -> bytes:
+    """A valid ``side`` x ``side`` 1-bit PNG of zeros (about 109 KB at 30000): a decompression bomb, made
+    without ever holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows, z = b"\0" * (1 + (side + 7) // 8) * 1000, zlib.compressobj(9)
+    idat = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.compress(rows[: len(rows) // 1000 * (side % 1000)])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
+
+
 def env_offline() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
