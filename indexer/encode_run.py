@@ -22,6 +22,7 @@ from sqlalchemy import update
 from torch.utils.data import DataLoader, Dataset
 
 from .catalog_models import ERROR, INDEXED, Embedding, Photo
+from .child_processes import prepare_forks
 from .collection import Collection
 from .decode import DecodeError, PhotoFacts, decode_photo, register_heif, set_max_image_pixels
 from .encoders import Encoder
@@ -78,6 +79,8 @@ def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: in
     dataset = PhotoDataset(items, encoder.preprocess, encoder.image_size)
     if workers == 0:
         configure_decoding(max_image_pixels)  # decoding happens in this process
+    else:
+        prepare_forks()  # the workers (forks) keep no listening socket or lock file and die with this process
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .child_processes import drop_in_children, keep_in_children
 from .errors import WriterBusyError
 from .storage_errors import storage_refusals
 
@@ -52,32 +53,6 @@ def describe_holder(info: dict[str, Any] | None) -> str:
         return "another process"
     return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
             + (f" ({info['command']})" if info.get("command") else ""))
-
-
-_HELD_FDS: set[int] = set()  # lock files (and the PostgreSQL lock's socket) this process holds
-_fork_hook = False
-
-
-def _forget_held_in_child() -> None:
-    """In a forked child (a decode worker, say) close the inherited lock files: ``flock`` belongs to the
-    open file, so a worker that outlives a SIGKILLed writer for a few seconds would otherwise keep the
-    collection locked in a dead writer's name. Dropping the child's copy leaves the parent's lock held."""
-    if not _HELD_FDS:
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in list(_HELD_FDS):  # /dev/null in its place: the number stays taken, so nothing reuses it
-        with contextlib.suppress(OSError):
-            os.dup2(null, fd)
-    os.close(null)
-    _HELD_FDS.clear()
-
-
-def _hold(fd: int) -> None:
-    global _fork_hook
-    if not _fork_hook:
-        os.register_at_fork(after_in_child=_forget_held_in_child)
-        _fork_hook = True
-    _HELD_FDS.add(fd)
 
 
 def _socket_fd(conn: Any) -> int | None:
@@ -112,7 +87,7 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd
-        _hold(fd)
+        drop_in_children(fd)  # a decode worker outliving a SIGKILLed writer must not keep it locked
         return True
 
     def _try_pg(self) -> bool:
@@ -130,7 +105,7 @@ class WriterLock:
         self._conn = conn
         self._pg_fd = _socket_fd(conn)
         if self._pg_fd is not None:  # the server keeps the lock while any process holds this socket open
-            _hold(self._pg_fd)
+            drop_in_children(self._pg_fd)
         return True
 
     def holder(self) -> dict[str, Any] | None:
@@ -171,7 +146,7 @@ class WriterLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            _HELD_FDS.discard(self._fd)
+            keep_in_children(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -179,7 +154,7 @@ class WriterLock:
         if self._conn is not None:
             from sqlalchemy import text
 
-            _HELD_FDS.discard(self._pg_fd)  # type: ignore[arg-type]
+            keep_in_children(self._pg_fd)
 
             with contextlib.suppress(Exception):
                 self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))

@@ -79,6 +79,43 @@ def bomb_png(side: int = 30000) -> bytes:
             + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
 
 
+def slow_photos(root: Path, n: int) -> list[Path]:
+    """``n`` distinct 12 MP PNGs (about 160 KB each) that take ~0.3 s each to decode: decode workers stay busy."""
+    paths = []
+    for i in range(n):
+        arr = np.zeros((3000, 4000, 3), np.uint8)
+        arr[:: 97, :: 89] = (i + 1, 2 * i + 1, 3 * i + 1)
+        path = root / f"slow_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, compress_level=1)
+        paths.append(path)
+    return paths
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) and int(stat[1]) == pid and stat[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie waiting to be reaped has)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """State, ppid, ... of ``/proc/PID/stat`` (the fields after the command name)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def env_offline() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
