@@ -64,6 +64,10 @@ class PhotoFile(Base):
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # what the path was when indexed (indexer.file_identity): resolved path, device and inode; NULL: not recorded
+    real_path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    device: Mapped[int | None] = mapped_column(BigInteger)
+    inode: Mapped[int | None] = mapped_column(BigInteger)
 
     photo: Mapped[Photo | None] = relationship(back_populates="files")
 

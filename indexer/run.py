@@ -42,6 +42,10 @@ class RunOptions:
     on_commit: "BatchHook | None" = None  # runs inside each batch's transaction (e.g. moderation decisions)
     engine: str = "local"  # "local": decode workers + this process; "ray": Ray Data (indexer.distributed)
     ray: "RayOptions | None" = None  # engine="ray" only: cluster address, actors, GPUs per actor
+    # every file the scan reaches must resolve inside one of these (the API: its library roots); None: inside
+    # the roots being indexed. A symlink leading elsewhere is skipped and counted (sync.outside_roots)
+    allowed_roots: "Sequence[str | os.PathLike[str]] | None" = None
+    follow_external_symlinks: bool = False  # lift that limit (the CLI's --follow-external-symlinks)
 
 
 @dataclass
@@ -137,7 +141,8 @@ def index_paths(
     with held, storage_refusals(lambda: catalog_name(coll), position.describe):
         sync = sync_catalog(coll, roots, options.include, options.exclude,
                             hash_threads=max(2, options.workers), retry_errors=options.retry_errors,
-                            progress=progress)
+                            progress=progress, allowed_roots=options.allowed_roots,
+                            follow_external_symlinks=options.follow_external_symlinks)
         log.info("catalog sync: %s", sync.to_dict())
         encode, loaded = EncodeReport(), False
         if pending_count(coll) and options.engine == "ray":

@@ -9,6 +9,10 @@ would yield counts (a regular file, not hidden, not left out by ``include``/``ex
 extension in ``extensions``). A skipped RAW is not a problem and is not reported: it is simply not
 yielded, so the catalog forgets it if it was indexed before and indexes it on the first run after
 its sibling is gone. A RAW given directly as a root is always yielded.
+
+With ``within`` (resolved roots), every file and folder the scan reaches must resolve inside one of
+them: a symlink leading elsewhere (a folder ``dirlink -> /elsewhere`` or a file link) is neither
+followed nor statted, only reported through ``outside``. Symlinks that stay inside are followed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+from .file_identity import identity, is_under
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ class ScannedFile:
     path: bytes  # exact file-system name (may not be valid UTF-8)
     size: int
     mtime_ns: int
+    real_path: bytes | None = None  # the path resolved (symlinks followed)
+    device: int | None = None  # device and inode (signed 64-bit; None where the platform has none)
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ def scan(
     extensions: frozenset[str] = PHOTO_EXTENSIONS,
     problems: list[ScanProblem] | None = None,
     raw_beside_processed: list[bytes] | None = None,
+    within: Sequence[bytes] | None = None,
+    outside: list[ScanProblem] | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield photo files under ``roots`` (files given directly are yielded too).
 
@@ -118,7 +129,8 @@ def scan(
     overlapping roots end; each file path is yielded or reported at most once. Unreadable folders
     and anything that is not a regular file (FIFO, socket, device) are reported through
     ``problems`` and skipped: nothing here opens a file. RAW files left out beside their processed
-    sibling (see the module docstring) are appended to ``raw_beside_processed``.
+    sibling (see the module docstring) are appended to ``raw_beside_processed``; paths resolving
+    outside ``within`` (when given) are skipped and appended to ``outside``.
     """
     sink: Callable[[ScanProblem], None] = problems.append if problems is not None else (lambda _p: None)
     seen_dirs: set[tuple[int, int]] = set()
@@ -129,7 +141,24 @@ def scan(
             seen_files.add(problem.path)
             sink(problem)
 
-    def found(path: bytes, st: os.stat_result) -> ScannedFile | None:
+    def escapes(path: bytes, real: bytes) -> bool:
+        """Whether ``real`` (what ``path`` resolves to) is outside ``within``; if so it is reported."""
+        if within is None or is_under(real, within):
+            return False
+        log.warning("skipping %s: it leads to %s, outside the library roots", display_path(path), display_path(real))
+        if outside is not None:
+            outside.append(ScanProblem(path, f"outside the library roots (leads to {display_path(real)})"))
+        return True
+
+    def resolved(folder_real: bytes, entry: os.DirEntry[bytes]) -> bytes:
+        """The resolved path of an entry of a folder whose resolved path is ``folder_real``."""
+        try:
+            link = entry.is_symlink()
+        except OSError:
+            link = True
+        return os.path.realpath(entry.path) if link else os.path.join(folder_real, entry.name)
+
+    def found(path: bytes, st: os.stat_result, real: bytes) -> ScannedFile | None:
         """The file to yield, or None if it was already handled or is not a regular file."""
         if path in seen_files:
             log.debug("skipping %s: given more than once", display_path(path))
@@ -139,22 +168,25 @@ def scan(
             report(ScanProblem(path, reason))
             return None
         seen_files.add(path)
-        return ScannedFile(path, st.st_size, st.st_mtime_ns)
+        return ScannedFile(path, st.st_size, st.st_mtime_ns, real, *identity(st))
 
     for root in roots:
         root_b = os.fsencode(os.path.abspath(os.fspath(root)))
         if root_b in seen_files:
             continue
+        root_real = os.path.realpath(root_b)
+        if escapes(root_b, root_real):
+            continue
         st = _stat(root_b, "cannot read", report)
         if st is None:
             continue
         if not stat.S_ISDIR(st.st_mode):
-            if _has_photo_extension(root_b, extensions) and (entry := found(root_b, st)) is not None:
+            if _has_photo_extension(root_b, extensions) and (entry := found(root_b, st, root_real)) is not None:
                 yield entry
             continue
-        stack = [root_b]
+        stack = [(root_b, root_real)]
         while stack:
-            folder = stack.pop()
+            folder, folder_real = stack.pop()
             st = _stat(folder, "cannot read folder", report)
             if st is None:
                 continue
@@ -178,7 +210,9 @@ def scan(
                     is_dir = False
                 if is_dir:
                     if not entry.name.startswith(b".") and not (exclude and _matches(rel + "/", exclude)):
-                        subdirs.append(entry.path)
+                        real = resolved(folder_real, entry)
+                        if not escapes(entry.path, real):
+                            subdirs.append((entry.path, real))
                     continue
                 if not _has_photo_extension(entry.name, extensions) or entry.name.startswith(b"."):
                     continue
@@ -186,11 +220,13 @@ def scan(
                     continue
                 if exclude and _matches(rel, exclude):
                     continue
-                candidates.append(entry)
-            processed = {_stem_key(e.name) for e in candidates
+                real = resolved(folder_real, entry)
+                if not escapes(entry.path, real):
+                    candidates.append((entry, real))
+            processed = {_stem_key(e.name) for e, _ in candidates
                          if _extension(e.name) in PROCESSED_EXTENSIONS and _is_file(e)} \
-                if any(_extension(e.name) in RAW_EXTENSIONS for e in candidates) else set()
-            for entry in candidates:
+                if any(_extension(e.name) in RAW_EXTENSIONS for e, _ in candidates) else set()
+            for entry, real in candidates:
                 if processed and _extension(entry.name) in RAW_EXTENSIONS and _stem_key(entry.name) in processed:
                     log.debug("skipping %s: a processed sibling of the same name is indexed instead",
                               display_path(entry.path))
@@ -200,6 +236,6 @@ def scan(
                 if entry.path in seen_files:
                     continue
                 fst = _stat(entry.path, "cannot stat", report)
-                if fst is not None and (found_file := found(entry.path, fst)) is not None:
+                if fst is not None and (found_file := found(entry.path, fst, real)) is not None:
                     yield found_file
             stack.extend(reversed(subdirs))

@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     # ---- search index (retrieval/index) ----
     index_shards: int | None = Field(default=None, ge=1, le=1024)  # id-range shards; None: keep the collection's
     # ---- HTTP API (ui/api) ----
-    api_require_key_for_reads: bool = False  # also require an X-API-Key (scope read) on every read route
+    # read routes need an X-API-Key (scope read): None (unset) decides by the bind address (a key beyond
+    # loopback); an explicit true or false always wins
+    api_require_key_for_reads: bool | None = None
+    api_host: str | None = None  # the address the API server binds (`photodex serve --host` sets it)
+    api_max_failed_keys_per_minute: int = Field(default=20, ge=1)  # refused keys per client address; 429 beyond
     api_library_roots: list[Path] = Field(default_factory=list)  # index jobs may only index under these
     api_max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)  # largest request body (413 beyond)
     api_max_upload_pixels: int = Field(default=50_000_000, ge=1)  # largest uploaded image (422 beyond)

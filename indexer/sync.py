@@ -4,6 +4,12 @@ Work is committed in chunks, so a run killed at any instant resumes by re-hashin
 not yet committed; deletions happen only after a complete scan, and never under a folder that
 could not be listed. Files are keyed on their exact name (``path_bytes``); only regular files are
 ever opened, without blocking, so a FIFO or device named ``*.jpg`` cannot hang a run.
+
+Every path the scan reaches must resolve inside the allowed roots (the folders being indexed, or the
+API's library roots); a symlink leading elsewhere is skipped and counted (``outside_roots``), unless
+the caller follows external symlinks on purpose. Each path's resolved path, device and inode are
+recorded (:mod:`indexer.file_identity`); a path whose recorded identity differs from the scan's is
+hashed again, as a changed one is.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 from .collection import Collection
+from .file_identity import identity, is_under, real_roots
 from .progress import Progress
 from .scan import ScannedFile, ScanProblem, not_regular_reason, scan
 
@@ -36,6 +43,7 @@ class SyncReport:
     removed_photos: int = 0
     file_errors: int = 0
     raw_beside_processed: int = 0  # RAW files left out: a JPEG (or HEIC, ...) of the same name is indexed instead
+    outside_roots: int = 0  # symlinked files or folders skipped: they resolve outside the allowed roots
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -46,14 +54,17 @@ class SyncReport:
 
 
 class NotRegularFileError(OSError):
-    """The path is a FIFO, socket, device or folder; its message is the recorded reason."""
+    """The path is a FIFO, socket, device or folder, or no longer the file scanned; its message is the
+    recorded reason."""
 
 
-def _sha256_regular(path: bytes, block: int = 1 << 20) -> tuple[str, os.stat_result]:
+def _sha256_regular(path: bytes, block: int = 1 << 20, real: bytes | None = None) -> tuple[str, os.stat_result]:
     """Hash a regular file; its ``fstat`` is taken before reading (a later change shows as a new mtime).
 
     The type is checked before opening, and again on the open descriptor: the open is
-    non-blocking, so a file swapped for a FIFO in between is refused instead of hanging.
+    non-blocking, so a file swapped for a FIFO in between is refused instead of hanging. With
+    ``real`` (the path the scan resolved), the descriptor must be the file there, so a symlink
+    swapped in after the scan cannot get another file read.
     """
     reason = not_regular_reason(os.stat(path).st_mode)
     if reason is None:
@@ -61,6 +72,8 @@ def _sha256_regular(path: bytes, block: int = 1 << 20) -> tuple[str, os.stat_res
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
             reason = not_regular_reason(st.st_mode)
+            if reason is None and real is not None and not os.path.samestat(st, os.stat(real)):
+                reason = "changed while being indexed: the path now leads to another file"
             if reason is None:
                 digest = hashlib.sha256()
                 while chunk := fh.read(block):
@@ -79,8 +92,9 @@ HashResult = tuple[ScannedFile, "str | None", "str | None"]  # entry, sha256 or 
 
 def _hash(entry: ScannedFile) -> HashResult:
     try:
-        digest, st = _sha256_regular(entry.path)
-        return ScannedFile(entry.path, st.st_size, st.st_mtime_ns), digest, None
+        digest, st = _sha256_regular(entry.path, real=entry.real_path)
+        device, inode = identity(st)
+        return replace(entry, size=st.st_size, mtime_ns=st.st_mtime_ns, device=device, inode=inode), digest, None
     except NotRegularFileError as exc:
         return entry, None, str(exc)
     except FileNotFoundError:
@@ -102,10 +116,6 @@ def _inside(path: bytes, folders: set[bytes]) -> bool:
     return False
 
 
-def _under(path: bytes, roots: Sequence[bytes]) -> bool:
-    return any(path == r or path.startswith(r.rstrip(b"/") + b"/") for r in roots)
-
-
 def sync_catalog(
     coll: Collection,
     roots: Sequence[str | os.PathLike[str]],
@@ -114,29 +124,40 @@ def sync_catalog(
     hash_threads: int = 4,
     retry_errors: bool = False,
     progress: Progress | None = None,
+    allowed_roots: Sequence[str | os.PathLike[str]] | None = None,
+    follow_external_symlinks: bool = False,
 ) -> SyncReport:
-    """Scan ``roots`` and update the catalog; returns what changed."""
+    """Scan ``roots`` and update the catalog; returns what changed.
+
+    ``allowed_roots``: what every scanned path must resolve inside (default: ``roots`` themselves);
+    ``follow_external_symlinks`` lifts that limit."""
     report = SyncReport()
     root_bytes = [os.fsencode(os.path.abspath(os.fspath(r))) for r in roots]
+    within = None if follow_external_symlinks else real_roots(allowed_roots if allowed_roots is not None else roots)
     known: dict[bytes, _Known] = {}
-    for row in coll.reader.rows("SELECT path_bytes, size, mtime_ns, photo_id, error FROM photo_files"):
+    for row in coll.reader.rows("SELECT path_bytes, size, mtime_ns, photo_id, error, real_path_bytes, device, inode "
+                                "FROM photo_files"):
         path = bytes(row[0])
-        if _under(path, root_bytes):
-            known[path] = _Known(path, *row[1:])
+        if is_under(path, root_bytes):
+            known[path] = _Known(path, *row[1:5], bytes(row[5]) if row[5] is not None else None, row[6], row[7])
     problems: list[ScanProblem] = []
     seen: set[bytes] = set()
     todo: list[ScannedFile] = []
     raw_skipped: list[bytes] = []
-    for entry in scan(roots, include, exclude, problems=problems, raw_beside_processed=raw_skipped):
+    outside: list[ScanProblem] = []
+    for entry in scan(roots, include, exclude, problems=problems, raw_beside_processed=raw_skipped,
+                      within=within, outside=outside):
         report.scanned += 1
         seen.add(entry.path)
         row = known.get(entry.path)
-        if row is not None and row.size == entry.size and row.mtime_ns == entry.mtime_ns:
+        if row is not None and (row.size, row.mtime_ns, row.real_path, row.device, row.inode) == (
+                entry.size, entry.mtime_ns, entry.real_path, entry.device, entry.inode):
             if row.error is None or not retry_errors:
                 report.unchanged += 1
                 continue
         todo.append(entry)
     report.raw_beside_processed = len(raw_skipped)
+    report.outside_roots = len(outside)
     unlisted = {p.path for p in problems}  # folders among them were not looked into: keep what is under them
     seen |= unlisted
     gone = [path for path in known if path not in seen and not _inside(path, unlisted)]
@@ -167,6 +188,9 @@ class _Known(NamedTuple):
     mtime_ns: int
     photo_id: int | None
     error: str | None
+    real_path: bytes | None
+    device: int | None
+    inode: int | None
 
 
 def _has_orphans(coll: Collection) -> bool:

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from .catalog_models import ERROR, PENDING, Photo, PhotoFile
 from .collection import Collection
-from .scan import ScanProblem, display_path
+from .scan import ScannedFile, ScanProblem, display_path
 from .sync import HASH_CHUNK, HashResult, SyncReport
 
 log = logging.getLogger(__name__)
 
-FileRow = tuple[bytes, int, int, "int | None", "str | None"]  # path, size, mtime_ns, photo_id, error
+FileRow = tuple[bytes, int, int, "int | None", "str | None", "ScannedFile | None"]
+"""path, size, mtime_ns, photo_id, error, and the scanned file whose identity to record (None: none)"""
 RowErrors = (IntegrityError, DataError)  # the database refused a row: a per-file problem, not a failed run
 
 
@@ -28,14 +29,15 @@ def _upsert_files(s: Session, rows: list[FileRow]) -> None:
     by_path = {row[0]: row for row in rows}  # a path given twice: the last row wins
     existing = {bytes(f.path_bytes): f
                 for f in s.scalars(select(PhotoFile).where(PhotoFile.path_bytes.in_(list(by_path))))} if by_path else {}
-    for path, size, mtime_ns, photo_id, error in by_path.values():
+    for path, size, mtime_ns, photo_id, error, scanned in by_path.values():
         row = existing.get(path)
         if row is None:
-            s.add(PhotoFile(path=display_path(path), path_bytes=path, size=size, mtime_ns=mtime_ns,
-                            photo_id=photo_id, error=error))
-        else:
-            row.path, row.size, row.mtime_ns = display_path(path), size, mtime_ns
-            row.photo_id, row.error = photo_id, error
+            row = PhotoFile(path=display_path(path), path_bytes=path)
+            s.add(row)
+        row.path, row.size, row.mtime_ns = display_path(path), size, mtime_ns
+        row.photo_id, row.error = photo_id, error
+        row.real_path_bytes, row.device, row.inode = ((scanned.real_path, scanned.device, scanned.inode)
+                                                      if scanned is not None else (None, None, None))
 
 
 def _write_hashed(coll: Collection, results: list[HashResult]) -> SyncReport:
@@ -50,7 +52,7 @@ def _write_hashed(coll: Collection, results: list[HashResult]) -> SyncReport:
             done.hashed += 1
             if sha is None:
                 done.file_errors += 1
-                rows.append((entry.path, entry.size, entry.mtime_ns, None, error))
+                rows.append((entry.path, entry.size, entry.mtime_ns, None, error, entry))
                 continue
             photo_id = existing.get(sha)
             if photo_id is None:
@@ -61,7 +63,7 @@ def _write_hashed(coll: Collection, results: list[HashResult]) -> SyncReport:
                 done.new_photos += 1
             else:
                 done.linked_existing += 1
-            rows.append((entry.path, entry.size, entry.mtime_ns, photo_id, None))
+            rows.append((entry.path, entry.size, entry.mtime_ns, photo_id, None, entry))
         _upsert_files(s, rows)
     return done
 
@@ -85,15 +87,16 @@ def commit_hashed(coll: Collection, results: list[HashResult], report: SyncRepor
             entry = result[0]
             report.hashed += 1
             report.file_errors += 1
-            _record_error(coll, ScanProblem(entry.path, _db_reason(exc)), entry.size, entry.mtime_ns)
+            _record_error(coll, ScanProblem(entry.path, _db_reason(exc)), entry)
 
 
-def _record_error(coll: Collection, problem: ScanProblem, size: int = 0, mtime_ns: int = 0) -> bool:
+def _record_error(coll: Collection, problem: ScanProblem, entry: ScannedFile | None = None) -> bool:
     """Record one file's reason in its own transaction; False (logged) if even that is refused."""
     log.warning("skipping %s: %s", display_path(problem.path), problem.reason)
     try:
         with coll.catalog.session() as s, s.begin():
-            _upsert_files(s, [(problem.path, size, mtime_ns, None, problem.reason)])
+            _upsert_files(s, [(problem.path, entry.size if entry else 0, entry.mtime_ns if entry else 0, None,
+                               problem.reason, entry)])
         return True
     except RowErrors as exc:
         log.error("cannot record the error of %s in the catalog: %s", display_path(problem.path), _db_reason(exc))
@@ -107,7 +110,7 @@ def record_problems(coll: Collection, problems: list[ScanProblem], report: SyncR
         part = problems[start:start + HASH_CHUNK]
         try:
             with coll.catalog.session() as s, s.begin():
-                _upsert_files(s, [(p.path, 0, 0, None, p.reason) for p in part])
+                _upsert_files(s, [(p.path, 0, 0, None, p.reason, None) for p in part])
         except RowErrors as exc:
             log.warning("catalog refused %d skipped-file records (%s); recording them one by one",
                         len(part), _db_reason(exc))

@@ -53,7 +53,7 @@ def _catalog_at_0005_with_decisions(url: str):
 def _check_upgrade_keeps_rows_and_history_outlives_photos(engine) -> None:
     assert current_revision(engine) == "0005"
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() >= "0006"
     with engine.begin() as conn:
         decisions = conn.execute(text("SELECT id, photo_id, photo_sha256, action FROM moderation_decisions "
                                       "ORDER BY id")).all()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 HANG_LIMIT_S = 60  # generous: a working run takes well under a second
 
 
-def _index(coll_dir: Path, encoder: Encoder, roots: list[Path], db_url: str | None = None) -> RunSummary:
+def _index(coll_dir: Path, encoder: Encoder, roots: list[Path], db_url: str | None = None,
+           follow_external_symlinks: bool = False) -> RunSummary:
     coll = Collection.open_for_encoder(coll_dir, encoder.spec, db_url)
     try:
-        return index_paths(coll, encoder, roots, OPTS)
+        return index_paths(coll, encoder, roots, replace(OPTS, follow_external_symlinks=follow_external_symlinks))
     finally:
         coll.close()
 
@@ -65,7 +67,7 @@ import json, sys
 from indexer.collection import Collection
 from indexer.sync import sync_catalog
 coll = Collection.open(sys.argv[1])
-print(json.dumps(sync_catalog(coll, sys.argv[2:]).to_dict()))
+print(json.dumps(sync_catalog(coll, sys.argv[2:], follow_external_symlinks=True).to_dict()))
 """
 
 
@@ -91,7 +93,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, tiny_encoder, monkeypatc
         sock.close()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["file_errors"] == 4
-    summary = _index(coll_dir, tiny_encoder, [lib, fifo_root])
+    summary = _index(coll_dir, tiny_encoder, [lib, fifo_root], follow_external_symlinks=True)  # zero.jpg -> /dev
     assert summary.encode.encoded == 1 and summary.sync.hashed == 0  # nothing but good.jpg was ever hashed
     assert _errors(coll_dir) == {
         "pipe.jpg": "not a regular file (fifo)",

@@ -1,8 +1,9 @@
 """``Annotated`` dependencies: settings, runtime, collection, searcher, and API-key access levels.
 
 Access: mutating routes need a key of scope ``write`` (``admin`` where stated); read routes need a
-``read`` key only when ``PHOTODEX_API_REQUIRE_KEY_FOR_READS`` is set. A missing or unknown key is
-401, a key with too small a scope is 403.
+``read`` key when :mod:`ui.api.access` says so (beyond loopback, unless explicitly opened). A
+missing or unknown key is 401 (429 once the client address has had too many keys refused, see
+:mod:`ui.api.throttle`), a key with too small a scope is 403.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from indexer.collection import Collection
 from indexer.settings import Settings
 from retrieval.search.searcher import Searcher
 
+from .access import reads_need_key
 from .errors import ApiError
 from .runtime import Runtime
 from .security import Principal, verify_api_key
@@ -53,22 +55,41 @@ SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 ApiKeyDep = Annotated[str | None, Security(api_key_header)]
 
 
-def _principal(runtime: Runtime, key: str | None) -> Principal:
-    challenge = {"WWW-Authenticate": "APIKey"}
+def reads_protected(request: Request) -> bool:
+    """Whether a read route needs a key for this request (the rule decided at start, see :mod:`ui.api.access`)."""
+    server = request.scope.get("server")
+    return reads_need_key(request.app.state.read_rule, str(server[0]) if server else None)
+
+
+def _refused(request: Request, reason: str, message: str) -> ApiError:
+    """401 ``message``, or 429 while the client's address is throttled; counted in the metrics either way."""
+    throttle = request.app.state.key_throttle
+    address = request.client.host if request.client else ""
+    wait = throttle.refuse(address) if reason == "unknown_key" else throttle.retry_after(address)
+    metrics = request.app.state.metrics
+    if wait is not None:
+        metrics.key_refusals.labels("429", "throttled").inc()
+        return ApiError(429, "too_many_requests", f"too many refused API keys from this address; retry in {wait} s",
+                        headers={"Retry-After": str(wait)})
+    metrics.key_refusals.labels("401", reason).inc()
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "APIKey"})
+
+
+def _principal(request: Request, key: str | None, scope: str) -> Principal:
     if not key:
-        raise ApiError(401, "unauthorized", f"this route needs an API key in the {API_KEY_HEADER} header",
-                       headers=challenge)
-    principal = verify_api_key(runtime.collection.catalog, key)
+        raise _refused(request, "missing_key", f"this route needs an API key in the {API_KEY_HEADER} header "
+                       f"(`photodex apikey create NAME --scope {scope}`)")
+    principal = verify_api_key(get_runtime(request).collection.catalog, key)
     if principal is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked API key", headers=challenge)
+        raise _refused(request, "unknown_key", "unknown or revoked API key")
     return principal
 
 
 def _require(scope: str, only_if_reads_protected: bool = False):  # noqa: ANN202 - a dependency
-    def check(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> Principal | None:
-        if only_if_reads_protected and not settings.api_require_key_for_reads:
+    def check(request: Request, key: ApiKeyDep) -> Principal | None:
+        if only_if_reads_protected and not reads_protected(request):
             return None
-        principal = _principal(runtime, key)
+        principal = _principal(request, key, scope)
         if not principal.allows(scope):
             raise ApiError(403, "forbidden", f"this route needs an API key of scope {scope!r}; "
                            f"key {principal.name!r} has scope {principal.scope!r}")

@@ -121,6 +121,7 @@ _DESCRIPTIONS = {400: "Bad request (e.g. a body that is not JSON)", 401: "Missin
                  409: "Conflict (the collection's writer lock is held, or the job has finished)",
                  413: "Request body or upload too large", 415: "Upload is not an image",
                  422: "Invalid request (validation, bad filter, too many pixels, undecodable image)",
+                 429: "Too many refused API keys from this address (see Retry-After)",
                  503: "Not ready"}
 
 

@@ -1,6 +1,7 @@
 """Index jobs: one background thread per job, holding the collection's writer lock for its whole run.
 
-A job is started only under a configured library root (``PHOTODEX_API_LIBRARY_ROOTS``) and only
+A job is started only under a configured library root (``PHOTODEX_API_LIBRARY_ROOTS``), its scan
+skips (and counts) every symlinked file or folder that resolves outside those roots, and it is started only
 when the writer lock is free (:class:`~indexer.errors.WriterBusyError`, i.e. 409, otherwise — the
 lock is taken before the job is accepted, so the answer is immediate and holds across processes).
 Cancellation is checked in the progress callback, which raises :class:`JobCancelled`; the run is
@@ -105,7 +106,8 @@ class JobManager:
         job = Job(id=uuid.uuid4().hex, paths=real)
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
-                             exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook())
+                             exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook(),
+                             allowed_roots=self.settings.api_library_roots)  # what the scan reaches, too
         job.thread = threading.Thread(target=self._run, args=(job, lock, options), name=f"index-job-{job.id[:8]}",
                                       daemon=True)
         with self._lock:

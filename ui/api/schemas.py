@@ -192,6 +192,8 @@ class ReadyOut(BaseModel):
     collection: str
     encoder: str
     vectors: int
+    reads_need_key: bool = Field(default=False, description="read routes need an X-API-Key (scope read) "
+                                 "for this request: the server listens beyond loopback or was told to")
 
 
 class ApiKeyOut(BaseModel):

@@ -31,6 +31,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             on_commit=ingest_hook(),
             engine=args.engine,
             ray=_ray_options(args, settings) if args.engine == "ray" else None,
+            follow_external_symlinks=args.follow_external_symlinks,
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
@@ -83,7 +84,9 @@ def _index_text(d: dict[str, Any]) -> str:
         f"{s['linked_existing']} matched by content (moved/copied), {s['removed_files']} paths removed, "
         f"{s['removed_photos']} photos removed"
         + (f"; {s['raw_beside_processed']} RAW files left out beside a JPEG/HEIC of the same name"
-           if s.get("raw_beside_processed") else ""),
+           if s.get("raw_beside_processed") else "")
+        + (f"; {s['outside_roots']} symlinks leading outside the named folders skipped (name their targets "
+           "too, or pass --follow-external-symlinks)" if s.get("outside_roots") else ""),
         f"encoded {e['encoded']} photos in {e['seconds']:.1f}s ({e['photos_per_second']:.1f} photos/s); "
         f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
         f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
@@ -134,6 +137,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--exclude", action="append", help="glob of files/folders to exclude (repeatable)")
     p.add_argument("--retry-errors", action="store_true", help="try photos that failed before again")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
+    p.add_argument("--follow-external-symlinks", action="store_true",
+                   help="follow symlinks that lead outside the named folders (default: skip and count them)")
     g = p.add_argument_group("engine", "where decoding and encoding run (the catalog is always written here)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: decode workers + this process; ray: Ray Data tasks and actors (photodex[ray])")

@@ -41,6 +41,7 @@ from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
 from ..errors import ApiError, responses
 from ..schemas import DEFAULT_COLLAPSE, SearchFiltersIn
+from .photos import load_catalogued, open_catalogued
 from .search import _require_photo, filters_from
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,11 @@ def ask(body: AskRequest, request: Request, runtime: RuntimeDep, vlm: VLMDep) ->
     if body.photo_id is not None:
         _require_photo(runtime, body.photo_id)
         photo_hit(runtime.searcher, body.photo_id, options.filters)  # hidden by moderation: 400 before the VLM loads
+        open_catalogued(runtime, body.photo_id)[0].close()  # 404 file_unavailable before the VLM loads
     _load(vlm)
-    answerer = Answerer(runtime.searcher, vlm)
+    # photos reach the VLM only from verified catalogued files, as /photos/{id}/original serves them
+    answerer = Answerer(runtime.searcher, vlm,
+                        image_loader=lambda hit, side: load_catalogued(runtime, hit.id, side))
     lock = vlm_work_lock(vlm)
     photo_id = body.photo_id
     if wants_event_stream(request.headers.get("accept")):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 
@@ -32,7 +32,7 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import PolicyRecord, activate_policy, get_policy, list_policies, save_policy
 
-from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, SettingsDep, WriteAccess, require_write
+from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, WriteAccess, require_write
 from ..errors import ApiError, responses
 from ..moderation_schemas import (
     CalibrationOut,
@@ -255,13 +255,13 @@ def decisions(
 
 @router.post("/moderate/rescan", response_model=RescanReportOut, summary="Rescan the collection",
              responses=responses(400, 401, 403, 404, 409, 422))
-def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep,
+def rescan_collection(request: Request, runtime: RuntimeDep, key: ApiKeyDep,
                       body: RescanRequest | None = None) -> RescanReportOut:
     """Apply a policy version to every stored vector. A dry run (the default) reports what would change and
     writes nothing; a real run (``dry_run: false``, write scope) stores the decisions that change."""
     body = body or RescanRequest()
     if not body.dry_run:
-        require_write(runtime, settings, key)
+        require_write(request, key)
     coll = runtime.collection
     record = _record(coll, body.policy, body.version)
     with _same_encoder():
@@ -271,11 +271,11 @@ def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep
 
 @router.post("/moderate/calibrate", response_model=CalibrationOut, summary="Calibrate a concept",
              responses=responses(400, 401, 403, 404, 422))
-def calibrate(body: CalibrateRequest, runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> CalibrationOut:
+def calibrate(body: CalibrateRequest, request: Request, runtime: RuntimeDep, key: ApiKeyDep) -> CalibrationOut:
     """A concept's precision-recall curve on labelled catalogued photos and the threshold reaching the target;
     with ``write`` (write scope), stored as a new policy version."""
     if body.write:
-        require_write(runtime, settings, key)
+        require_write(request, key)
     coll = runtime.collection
     record = _record(coll, body.policy, body.version)
     with _same_encoder():

@@ -1,25 +1,30 @@
 """``GET /photos/{id}`` (metadata, tags, decision), ``/thumbnail`` and ``/original``.
 
 Files are reached by catalog id only, never by a path from the request. A file is served only
-while it is a regular file whose size and mtime still match the catalog, so a catalogued file
-later swapped for another file or a symlink to one is refused (404) until it is indexed again.
+while it still is the file that was indexed (:func:`indexer.file_identity.open_indexed`: the same
+resolved path, inside ``PHOTODEX_API_LIBRARY_ROOTS`` when roots are configured, whoever indexed it;
+the same size, mtime and device + inode, or else the same content hash), so a catalogued file later
+swapped for another file or a symlink to one is refused (404 ``file_unavailable``) until it is
+indexed again. ``/ask`` reads its photos through :func:`load_catalogued`, under the same rule.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import stat
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
+from PIL import Image
 from sqlalchemy import select
 
 from indexer.catalog_models import ModerationState, Photo, PhotoFile, Tag
 from indexer.decode import decode_photo
+from indexer.errors import InputError
+from indexer.file_identity import open_indexed, real_roots
 
 from ..deps import ReadAccess, RuntimeDep
 from ..errors import ApiError, not_found, responses
@@ -47,17 +52,25 @@ def open_catalogued(runtime: Runtime, photo_id: int) -> tuple[BinaryIO, Photo, P
             raise not_found(f"photo {photo_id}")
         files = s.scalars(select(PhotoFile).where(PhotoFile.photo_id == photo_id, PhotoFile.error.is_(None))
                           .order_by(PhotoFile.id)).all()
+    roots = real_roots(runtime.settings.api_library_roots) if runtime.settings.api_library_roots else None
     for row in files:
-        try:
-            fd = os.open(row.path_bytes, os.O_RDONLY | os.O_NONBLOCK)  # never blocks on a FIFO
-        except OSError:
-            continue
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_size == row.size and st.st_mtime_ns == row.mtime_ns:
-            return os.fdopen(fd, "rb"), photo, row
-        os.close(fd)
+        f = open_indexed(bytes(row.path_bytes), size=row.size, mtime_ns=row.mtime_ns, real_path=row.real_path_bytes,
+                         device=row.device, inode=row.inode, sha256=photo.sha256, roots=roots)
+        if f is not None:
+            return f, photo, row
     raise ApiError(404, "file_unavailable",
                    f"no file of photo {photo_id} is readable unchanged; index its folder again")
+
+
+def load_catalogued(runtime: Runtime, photo_id: int, max_side: int) -> Image.Image:
+    """The photo decoded from a verified catalogued file (as ``/ask`` shows it to the VLM);
+    :class:`InputError` if none is readable unchanged."""
+    try:
+        f, _, row = open_catalogued(runtime, photo_id)
+    except ApiError as exc:
+        raise InputError(f"photo #{photo_id} cannot be read: {exc.message}") from exc
+    with f:
+        return decode_photo(f, max_side, name=bytes(row.path_bytes))[0]
 
 
 @router.get("/photos/{photo_id}", response_model=PhotoOut, responses=responses(401, 403, 404, 422))
