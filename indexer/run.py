@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .catalog_read import sqlite_path
+from .catalog.read import sqlite_path
 from .collection import Collection
 from .core.errors import ConfigError
 from .core.progress import Progress
