@@ -149,7 +149,8 @@ def test_rescan_dry_run_writes_nothing_and_a_real_run_needs_write_and_the_lock(c
     assert_error(client.post(f"{API}/moderate/rescan", json=real), 401, "unauthorized")
     assert_error(client.post(f"{API}/moderate/rescan", json=real, headers={"X-API-Key": keys["read"]}), 403)
     with Collection.open(world.path) as holder, holder.writer_lock().acquire():
-        assert_error(client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys)), 409, "writer_busy")
+        busy = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
+        assert "--wait" not in assert_error(busy, 409, "writer_busy")["message"] and busy.headers["Retry-After"]
     assert _counts(coll) == before
     done = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
     assert done.status_code == 200 and done.json()["run_id"] and not done.json()["dry_run"]
@@ -293,6 +294,18 @@ def test_bad_input_is_a_4xx_in_the_error_shape_and_changes_nothing(client, keys,
         assert names in err["message"], err
     assert "root:" not in resp.text
     assert _counts(coll) == before
+
+
+def test_calibrate_with_95k_unknown_ids_names_their_count_and_a_few(world, keys, stored):
+    unknown = list(range(10_000_000, 10_095_000))  # a 950 KB body: under the default 32 MiB limit
+    body = {"concept": UNSAFE_CONCEPT, "positive_ids": unknown, "negative_ids": [2], "target_precision": 0.9}
+    app = create_app(Settings(collection=world.path), encoder_loader=lambda s: world.encoder)
+    with TestClient(app, raise_server_exceptions=False) as big_bodies:
+        resp = big_bodies.post(f"{API}/moderate/calibrate", json=body, headers=_w(keys))
+    err = assert_error(resp, 422, "invalid_input")
+    assert len(resp.content) < 2_000, len(resp.content)
+    assert "95000 photo ids" in err["message"] and "10000000, 10000001" in err["message"], err
+    assert "10094999" not in err["message"]
 
 
 def test_openapi_lists_the_moderation_routes_with_named_schemas(client):

@@ -118,6 +118,14 @@ class Encoder:
         return float(scale.exp().item()) if scale is not None else 100.0
 
     @property
+    def logit_bias(self) -> float | None:
+        """SigLIP-style models' learned bias: labels are scored each on its own, ``sigmoid(scale * cos + bias)``.
+
+        None for CLIP-style models (softmax over the label list)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.item()) if bias is not None else None
+
+    @property
     def image_size(self) -> int:
         size = self.spec.preprocess.get("size", 224)
         return int(max(size)) if isinstance(size, (list, tuple)) else int(size)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.collection import Collection
+from indexer.encode.decode import set_max_image_pixels
 from ui.settings import Settings
 from retrieval.index.store import open_index
 from retrieval.search.searcher import Searcher
@@ -105,6 +106,7 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
                  index_runner: Runner | None = None) -> Runtime:
     """Open the collection, load and warm the encoder, open the search index (blocking: run in a thread)."""
     start = time.perf_counter()
+    set_max_image_pixels(settings.max_image_pixels)  # the limit decode workers use, for uploads too
     coll = Collection.open(settings.collection, settings.database_url)
     try:
         raw = (encoder_loader or default_encoder_loader)(settings)

@@ -12,6 +12,7 @@ from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_
 
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
+    from indexer.core.storage_errors import storage_refusals
     from ui.context import ensure_fast_text_path, ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
@@ -39,7 +40,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         data = summary.to_dict()
         from retrieval.index.store import refresh_index  # faiss: not needed before the vectors are in
 
-        data["index"] = refresh_index(coll, shards=_shards(args, settings))
+        kept = (f"the catalog holds all {summary.stats['photos']} photos and {summary.stats['vectors']} vectors; "
+                "only the search index file was not saved (searches stay complete meanwhile)")
+        with storage_refusals(context=kept):
+            data["index"] = refresh_index(coll, shards=_shards(args, settings))
         data["text_tower"] = ensure_fast_text_path(coll, settings, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
