@@ -31,6 +31,7 @@ QUERIES = ["a red circle", "two blue squares", "a yellow star on green", "", "çŒ
 def _cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     full = env_offline()
     full["PYTHONPATH"] = str(REPO)
+    full["PHOTODEX_TEXT_TOWER_EXPORT"] = "background"  # the default (conftest makes the rest of the suite inline)
     full.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "ui.cli", *args], capture_output=True, text=True, env=full,
                           timeout=300, cwd=REPO)
