@@ -36,7 +36,13 @@ def fast_collection(tmp_path_factory, world_tiny_clip_dir):
                           "--model", f"local-dir:{world_tiny_clip_dir}", "--workers", "0", "--json"],
                          env=env_offline(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["text_tower"] == "ready"
+    assert json.loads(out.stdout)["text_tower"]["state"] in ("pending", "ready")  # inline here; pending by default
+    from indexer.collection import read_manifest
+    from indexer.core.spec import EncoderSpec
+    from retrieval.search.text_tower_job import wait_for_export
+
+    spec_id = EncoderSpec.from_dict(read_manifest(coll)["encoder"]).id
+    assert wait_for_export(coll, spec_id, timeout=300)["state"] == "ready"
     return coll, world_tiny_clip_dir
 
 

@@ -8,6 +8,8 @@ busy writer) or a read-only or full disk (:mod:`indexer.core.storage_errors`) pr
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,7 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cheap_exit() -> None:
+    """At exit, CPython's finalisation runs full garbage collections over every object still alive: after torch
+    and open_clip are imported that is millions of objects, ~1.5 s of a run (~3 s on a busy 2-core box), for
+    nothing (the process is ending). ``gc.freeze`` moves them to the permanent generation those passes skip.
+    Registered with ``atexit``, so it acts only once the process is exiting (never between in-process calls)."""
+    if not getattr(_cheap_exit, "registered", False):
+        atexit.register(gc.freeze)
+        _cheap_exit.registered = True  # type: ignore[attr-defined]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _cheap_exit()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2)
