@@ -10,12 +10,21 @@ ratio to idle (target p99 <= 2x idle).
 
     python bench/bench_search_under_write.py            # 100k x 512-d (IVF-SQ8)
     python bench/bench_search_under_write.py --n 20000  # Flat
+    python bench/bench_search_under_write.py --profile  # + where the slow searches' time went
+
+``--profile`` times the steps of every search (inclusive wall times of open_index and the
+catalog reads, index loads and array work inside it; the search, filters, collapse and
+hydration) and prints, per phase, the mean of each step over the searches slower than twice
+the idle p99, next to its mean over all searches of the phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import multiprocessing as mp
+import pstats
 import sys
 import tempfile
 import time
@@ -65,13 +74,94 @@ def writer(path: str, phase: str, n: int, dim: int, done: mp.Event) -> None:
     done.set()
 
 
+class Profile:
+    """Inclusive wall time per step of the current search (functions wrapped in place)."""
+
+    STEPS = (  # (module or class, attribute, label)
+        ("retrieval.index.store", "open_index", "open_index"),
+        ("indexer.collection:Collection", "generation", "  generation query"),
+        ("retrieval.index.store", "index_state", "  state.json read"),
+        ("indexer.collection:Collection", "vector_ids", "  vector_ids query"),
+        ("indexer.collection:Collection", "load_vectors", "  load_vectors (delta)"),
+        ("retrieval.index.store", "load_base", "  load_base (sync index load)"),
+        ("retrieval.index.store:SearchableIndex", "__post_init__", "  SearchableIndex ids (union)"),
+        ("retrieval.search.searcher:Searcher", "_allowed", "filters + hidden ids"),
+        ("retrieval.index.store:SearchableIndex", "search", "index search"),
+        ("retrieval.search.searcher:Searcher", "_collapse", "collapse"),
+        ("retrieval.search.searcher:Searcher", "_hydrate", "hydrate"),
+    )
+
+    def __init__(self) -> None:
+        import importlib
+        import threading
+
+        self.current: dict[str, float] | None = None
+        self.slowest: cProfile.Profile | None = None
+        self.main = threading.get_ident()
+        for target, attr, label in self.STEPS:
+            mod_name, _, cls_name = target.partition(":")
+            owner = importlib.import_module(mod_name)
+            if cls_name:
+                owner = getattr(owner, cls_name)
+            setattr(owner, attr, self._wrap(getattr(owner, attr), label))
+        if "retrieval.search.searcher" in sys.modules:  # open_index imported by name there
+            import retrieval.index.store as store
+            import retrieval.search.searcher as searcher_mod
+            searcher_mod.open_index = store.open_index
+
+    def _wrap(self, fn, label: str):  # noqa: ANN001, ANN202
+        import functools
+        import threading
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if self.current is None or threading.get_ident() != self.main:
+                return fn(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.current[label] = self.current.get(label, 0.0) + time.perf_counter() - t0
+        return timed
+
+    def report(self, phase: str, times: list[float], steps: list[dict[str, float]], slow_s: float) -> None:
+        slow = [s for t, s in zip(times, steps) if t > slow_s]
+        print(f"  {phase}: {len(slow)} of {len(times)} searches over {slow_s * 1e3:.1f} ms "
+              f"(mean {np.mean([t for t in times if t > slow_s] or [0]) * 1e3:.1f} ms)")
+        for _, _, label in self.STEPS:
+            every = np.mean([s.get(label, 0.0) for s in steps]) * 1e3
+            over = np.mean([s.get(label, 0.0) for s in slow]) * 1e3 if slow else 0.0
+            print(f"    {label:34s} slow mean {over:8.2f} ms   all mean {every:7.2f} ms")
+        if self.slowest is not None:
+            print(f"    cProfile of the slowest ({max(times) * 1e3:.1f} ms), by own time:")
+            out = io.StringIO()
+            pstats.Stats(self.slowest, stream=out).sort_stats("tottime").print_stats(12)
+            print("\n".join("      " + ln for ln in out.getvalue().splitlines() if ln.strip()))
+
+
+PROFILE: Profile | None = None
+STEPS: list[dict[str, float]] = []
+
+
 def measure(searcher: Searcher, queries: np.ndarray, until: mp.Event | None, min_queries: int) -> list[float]:
     times: list[float] = []
     i = 0
+    STEPS.clear()
     while (until is None and i < min_queries) or (until is not None and (not until.is_set() or i < min_queries)):
+        prof = None
+        if PROFILE is not None:
+            PROFILE.current = {}
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.perf_counter()
         hits = searcher.search_vector(queries[i % len(queries)], SearchOptions(k=20))
         times.append(time.perf_counter() - t0)
+        if PROFILE is not None:
+            prof.disable()
+            STEPS.append(PROFILE.current)
+            PROFILE.current = None
+            if times[-1] >= max(times):
+                PROFILE.slowest = prof
         assert len(hits) == 20
         i += 1
     return times
@@ -82,7 +172,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=200, help="queries in the idle phase (and at least per phase)")
+    p.add_argument("--profile", action="store_true", help="time each step of every search (see above)")
     args = p.parse_args()
+    global PROFILE
+    if args.profile:
+        PROFILE = Profile()
+    steps: dict[str, list[dict[str, float]]] = {}
     root = Path(tempfile.mkdtemp(prefix="photodex-bench-"))
     spec = EncoderSpec("bench-random", None, args.dim)
     coll = Collection.open_for_encoder(root / "coll", spec)
@@ -96,13 +191,18 @@ def main() -> None:
     searcher = Searcher(coll, _NoEncoder(spec))
     measure(searcher, queries, None, 20)  # warm: index loaded, caches filled
     results = {"idle": measure(searcher, queries, None, args.queries)}
+    steps["idle"] = list(STEPS)
+    slowest = {"idle": PROFILE.slowest if PROFILE is not None else None}
     ctx = mp.get_context("spawn")
     for phase in ("index run", "rebuild"):
         done = ctx.Event()
         proc = ctx.Process(target=writer, args=(str(root / "coll"), phase, args.n, args.dim, done))
         proc.start()
         results[phase] = measure(searcher, queries, done, 20)
+        steps[phase] = list(STEPS)
         proc.join()
+        if PROFILE is not None:
+            slowest[phase], PROFILE.slowest = PROFILE.slowest, None
     idle_p50, idle_p99 = (np.percentile(results["idle"], q) * 1e3 for q in (50, 99))
     print(f"{'phase':10s} {'queries':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/idle':>9s}")
     for phase, t in results.items():
@@ -110,6 +210,11 @@ def main() -> None:
         print(f"{phase:10s} {len(t):8d} {p50:8.2f} {p99:8.2f} {p99 / idle_p99:9.2f}")
     worst = max(np.percentile(t, 99) * 1e3 for t in results.values()) / idle_p99
     print(f"worst p99 / idle p99: {worst:.2f} ({'meets' if worst <= 2 else 'misses'} target 2.0)")
+    if PROFILE is not None:
+        print("where the time went (inclusive wall times per search; indented steps are inside open_index):")
+        for phase, t in results.items():
+            PROFILE.slowest = slowest[phase]
+            PROFILE.report(phase, t, steps[phase], 2 * idle_p99 / 1e3)
     coll.close()
 
 

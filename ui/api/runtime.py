@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.settings import Settings
-from retrieval.index.store import open_index
+from retrieval.index.loader import IndexLoader
 from retrieval.search.searcher import Searcher
 
 from .jobs import JobManager, Runner
@@ -70,6 +70,7 @@ class Runtime:
     searcher: Searcher
     jobs: JobManager
     metrics: Metrics
+    index: IndexLoader
     _classifiers: "OrderedDict[tuple[tuple[str, ...], str], ZeroShotClassifier]" = field(default_factory=OrderedDict)
     _classifiers_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +93,7 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.shutdown()
+        self.index.close()
         self.collection.close()
 
 
@@ -111,11 +113,13 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
         coll.check_encoder(raw.spec)
         encoder = LockedEncoder(raw, metrics)
         encoder.encode_texts(["a photo"])  # warm: the first request pays no lazy initialisation
-        open_index(coll)
-        searcher = Searcher(coll, encoder)  # type: ignore[arg-type]
-        jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner)
+        index = IndexLoader(coll)  # searches take its ready view; it catches up in the background
+        searcher = Searcher(coll, encoder, index=index.current)  # type: ignore[arg-type]
+        jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner, after_index=index.refresh)
     except BaseException:
+        if "index" in locals():
+            index.close()
         coll.close()
         raise
     log.info("API ready: collection %s, encoder %s (%.1fs)", coll.path, raw.spec.id, time.perf_counter() - start)
-    return Runtime(settings, coll, encoder, searcher, jobs, metrics)
+    return Runtime(settings, coll, encoder, searcher, jobs, metrics, index)
