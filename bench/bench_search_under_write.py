@@ -173,6 +173,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--queries", type=int, default=200, help="queries in the idle phase (and at least per phase)")
     p.add_argument("--profile", action="store_true", help="time each step of every search (see above)")
+    p.add_argument("--reader", choices=("loader", "open_index"), default="loader",
+                   help="loader: searches take IndexLoader's ready view, as `photodex serve` does (default); "
+                        "open_index: each search catches up itself, as a one-shot CLI search does")
+    p.add_argument("--search-threads", type=int, default=1,
+                   help="faiss OpenMP threads of the searching thread, and numpy BLAS threads 1 (loader only; "
+                        "0: the libraries' defaults)")
     args = p.parse_args()
     global PROFILE
     if args.profile:
@@ -188,7 +194,16 @@ def main() -> None:
     rng = np.random.default_rng(7)
     queries = rng.standard_normal((64, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    searcher = Searcher(coll, _NoEncoder(spec))
+    loader = None
+    if args.reader == "loader":
+        from retrieval.index.loader import IndexLoader, one_blas_thread
+
+        if args.search_threads:
+            one_blas_thread()  # as `photodex serve` does
+        loader = IndexLoader(coll, search_threads=args.search_threads or None)
+    searcher = Searcher(coll, _NoEncoder(spec), index=loader.current if loader else None)
+    print(f"reader: {args.reader}" + (f", {args.search_threads or 'default'} faiss thread(s) per search"
+                                       if loader else ""))
     measure(searcher, queries, None, 20)  # warm: index loaded, caches filled
     results = {"idle": measure(searcher, queries, None, args.queries)}
     steps["idle"] = list(STEPS)
@@ -215,6 +230,8 @@ def main() -> None:
         for phase, t in results.items():
             PROFILE.slowest = slowest[phase]
             PROFILE.report(phase, t, steps[phase], 2 * idle_p99 / 1e3)
+    if loader is not None:
+        loader.close()
     coll.close()
 
 

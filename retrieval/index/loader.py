@@ -31,14 +31,23 @@ from .store import SearchableIndex, load_base, with_delta
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the loader looks for a commit or a new index version
+SEARCH_THREADS = 1  # faiss (OpenMP) threads per request thread: concurrent requests fill the cores
 
 
 class IndexLoader:
     """Keeps a complete :class:`SearchableIndex` of ``coll`` ready; see the module docstring."""
 
-    def __init__(self, coll: Collection, poll_s: float = POLL_S, *, start: bool = True) -> None:
+    def __init__(self, coll: Collection, poll_s: float = POLL_S, *, start: bool = True,
+                 search_threads: int | None = SEARCH_THREADS) -> None:
+        """``search_threads``: OpenMP threads for faiss work on each thread that takes a view (None:
+        faiss's default, every core). One per request is the server's default: a one-query search
+        split over threads waits at OpenMP barriers for whichever thread the OS has descheduled,
+        which on a CPU shared with an index run is most of its latency (bench/results/
+        search-under-write-cpu-2core.md)."""
         self.coll = coll
         self.poll_s = poll_s
+        self.search_threads = search_threads
+        self._threads_set = threading.local()
         self._refresh_lock = threading.Lock()  # one catch-up at a time (the thread or refresh())
         self._stop = threading.Event()
         self._view: SearchableIndex | None = None
@@ -52,6 +61,11 @@ class IndexLoader:
 
     def current(self) -> SearchableIndex:
         """The ready view: no catalog read, no file load, no lock the writer can hold."""
+        if self.search_threads is not None and not getattr(self._threads_set, "done", False):
+            import faiss  # the view's base already imported it
+
+            faiss.omp_set_num_threads(self.search_threads)  # OpenMP settings are per calling thread
+            self._threads_set.done = True
         view = self._view
         assert view is not None  # set by __init__
         return view
@@ -98,3 +112,14 @@ def _warm(view: SearchableIndex) -> None:
     """One search before the swap, so lazy set-up (mmapped pages, GPU copies) is not paid by a request."""
     if len(view):
         view.search(np.zeros((1, view.dim), np.float32), 1)
+
+
+def one_blas_thread() -> None:
+    """numpy's (and faiss's) BLAS on one thread per call, for the whole process: for a server, whose
+    requests run concurrently. The small products of a search (near-duplicate collapse, the exact
+    delta scan) split over threads wait for whichever thread the OS has descheduled on a busy CPU:
+    p99 of a 40x512 Gram matrix 57-64 ms with 2 threads, 8 ms with 1, at load 9 on 2 cores
+    (bench/results/search-under-write-cpu-2core.md). The model's threads (torch) are not affected."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

@@ -1,4 +1,4 @@
-"""What the running API holds: the open collection, the warm encoder (its calls serialised), the searcher.
+"""What the running API holds: the open collection, the warm encoder (its calls batched), the searcher.
 
 Built by the app's lifespan (:func:`open_runtime`) in a worker thread and closed at shutdown.
 """
@@ -17,9 +17,10 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.settings import Settings
-from retrieval.index.loader import IndexLoader
+from retrieval.index.loader import IndexLoader, one_blas_thread
 from retrieval.search.searcher import Searcher
 
+from .batcher import EncoderBatcher
 from .jobs import JobManager, Runner
 from .metrics import Metrics
 
@@ -66,7 +67,7 @@ class Runtime:
 
     settings: Settings
     collection: Collection
-    encoder: LockedEncoder
+    encoder: EncoderBatcher | LockedEncoder
     searcher: Searcher
     jobs: JobManager
     metrics: Metrics
@@ -94,6 +95,8 @@ class Runtime:
     def close(self) -> None:
         self.jobs.shutdown()
         self.index.close()
+        if isinstance(self.encoder, EncoderBatcher):
+            self.encoder.close()
         self.collection.close()
 
 
@@ -107,18 +110,25 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
                  index_runner: Runner | None = None) -> Runtime:
     """Open the collection, load and warm the encoder, open the search index (blocking: run in a thread)."""
     start = time.perf_counter()
+    one_blas_thread()  # requests run concurrently: each one's small products on one thread
     coll = Collection.open(settings.collection, settings.database_url)
+    encoder: EncoderBatcher | LockedEncoder | None = None
+    index: IndexLoader | None = None
     try:
         raw = (encoder_loader or default_encoder_loader)(settings)
         coll.check_encoder(raw.spec)
-        encoder = LockedEncoder(raw, metrics)
+        window = settings.api_batch_window_ms
+        encoder = (LockedEncoder(raw, metrics) if window is None else
+                   EncoderBatcher(raw, window / 1e3, max_batch=settings.batch_size, metrics=metrics))
         encoder.encode_texts(["a photo"])  # warm: the first request pays no lazy initialisation
         index = IndexLoader(coll)  # searches take its ready view; it catches up in the background
         searcher = Searcher(coll, encoder, index=index.current)  # type: ignore[arg-type]
         jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner, after_index=index.refresh)
     except BaseException:
-        if "index" in locals():
+        if index is not None:
             index.close()
+        if isinstance(encoder, EncoderBatcher):
+            encoder.close()
         coll.close()
         raise
     log.info("API ready: collection %s, encoder %s (%.1fs)", coll.path, raw.spec.id, time.perf_counter() - start)
