@@ -3,6 +3,9 @@
 Access: mutating routes need a key of scope ``write`` (``admin`` where stated); read routes need a
 ``read`` key only when ``PHOTODEX_API_REQUIRE_KEY_FOR_READS`` is set. A missing or unknown key is
 401, a key with too small a scope is 403.
+
+The dependencies are ``async``: FastAPI runs a plain ``def`` dependency in the shared thread pool,
+so under load every request would queue there several times before its route even starts.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from indexer.collection import Collection
@@ -25,7 +29,7 @@ api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                               description="an API key from `photodex apikey create NAME --scope read|write|admin`")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise ApiError(503, "not_ready", "the API is starting or stopping")
@@ -35,15 +39,15 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_collection(runtime: RuntimeDep) -> Collection:
+async def get_collection(runtime: RuntimeDep) -> Collection:
     return runtime.collection
 
 
-def get_searcher(runtime: RuntimeDep) -> Searcher:
+async def get_searcher(runtime: RuntimeDep) -> Searcher:
     return runtime.searcher
 
 
@@ -64,8 +68,8 @@ def _principal(runtime: Runtime, key: str | None) -> Principal:
     return principal
 
 
-def _require(scope: str, only_if_reads_protected: bool = False):  # noqa: ANN202 - a dependency
-    def check(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> Principal | None:
+def _require(scope: str, only_if_reads_protected: bool = False):  # noqa: ANN202 - a check
+    def check(runtime: Runtime, settings: Settings, key: str | None) -> Principal | None:
         if only_if_reads_protected and not settings.api_require_key_for_reads:
             return None
         principal = _principal(runtime, key)
@@ -75,13 +79,24 @@ def _require(scope: str, only_if_reads_protected: bool = False):  # noqa: ANN202
         return principal
 
     check.__name__ = f"require_{scope}"
+    check.reads_only = only_if_reads_protected  # type: ignore[attr-defined]
     return check
+
+
+def _dependency(check):  # noqa: ANN001, ANN202 - an async dependency around a check
+    async def dependency(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> Principal | None:
+        if check.reads_only and not settings.api_require_key_for_reads:
+            return None  # no thread hop when reads are open
+        return await run_in_threadpool(check, runtime, settings, key)  # a catalog read
+
+    dependency.__name__ = check.__name__
+    return dependency
 
 
 require_read = _require("read", only_if_reads_protected=True)
 require_write = _require("write")
 require_admin = _require("admin")
 
-ReadAccess = Depends(require_read)
-WriteAccess = Depends(require_write)
-AdminAccess = Depends(require_admin)
+ReadAccess = Depends(_dependency(require_read))
+WriteAccess = Depends(_dependency(require_write))
+AdminAccess = Depends(_dependency(require_admin))

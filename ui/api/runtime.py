@@ -117,9 +117,8 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
     try:
         raw = (encoder_loader or default_encoder_loader)(settings)
         coll.check_encoder(raw.spec)
-        window = settings.api_batch_window_ms
-        encoder = (LockedEncoder(raw, metrics) if window is None else
-                   EncoderBatcher(raw, window / 1e3, max_batch=settings.batch_size, metrics=metrics))
+        encoder = (EncoderBatcher(raw, settings.api_batch_window_ms / 1e3, max_batch=settings.batch_size,
+                                  metrics=metrics) if settings.api_encoder_batching else LockedEncoder(raw, metrics))
         encoder.encode_texts(["a photo"])  # warm: the first request pays no lazy initialisation
         index = IndexLoader(coll)  # searches take its ready view; it catches up in the background
         searcher = Searcher(coll, encoder, index=index.current)  # type: ignore[arg-type]
