@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    index_nice: int | None = Field(default=None, ge=0, le=19)  # index runs' nice; None: 10 if a server holds it
     # ---- search index (retrieval/index) ----
     index_shards: int | None = Field(default=None, ge=1, le=1024)  # id-range shards; None: keep the collection's
     # ---- HTTP API (ui/api) ----

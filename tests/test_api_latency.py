@@ -64,3 +64,13 @@ def test_photo_metadata_answers_while_many_searches_wait_on_the_encoder(world):
             finally:
                 gated.gate.set()
             assert [f.result(120).status_code for f in searches] == [200] * SEARCHERS
+
+
+def test_a_running_server_marks_its_collection_as_served(world):
+    from indexer.priority import is_served
+
+    app = create_app(Settings(collection=world.path), encoder_loader=lambda s: world.encoder)
+    assert not is_served(world.path)
+    with TestClient(app):
+        assert is_served(world.path)  # index runs on it now lower their priority
+    assert not is_served(world.path)

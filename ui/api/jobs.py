@@ -110,7 +110,8 @@ class JobManager:
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
                              exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook(),
-                             allowed_roots=self.settings.api_library_roots)  # what the scan reaches, too
+                             allowed_roots=self.settings.api_library_roots,  # what the scan reaches, too
+                             nice=self.settings.index_nice, nice_scope="thread")  # yield to this server's requests
         job.thread = threading.Thread(target=self._run, args=(job, lock, options), name=f"index-job-{job.id[:8]}",
                                       daemon=True)
         with self._lock:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.collection import Collection
+from indexer.priority import ServingMark
 from indexer.settings import Settings
 from retrieval.index.loader import IndexLoader, one_blas_thread
 from retrieval.search.searcher import Searcher
@@ -72,6 +73,7 @@ class Runtime:
     jobs: JobManager
     metrics: Metrics
     index: IndexLoader
+    serving: ServingMark
     _classifiers: "OrderedDict[tuple[tuple[str, ...], str], ZeroShotClassifier]" = field(default_factory=OrderedDict)
     _classifiers_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +97,7 @@ class Runtime:
     def close(self) -> None:
         self.jobs.shutdown()
         self.index.close()
+        self.serving.close()
         if isinstance(self.encoder, EncoderBatcher):
             self.encoder.close()
         self.collection.close()
@@ -123,6 +126,7 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
         index = IndexLoader(coll)  # searches take its ready view; it catches up in the background
         searcher = Searcher(coll, encoder, index=index.current)  # type: ignore[arg-type]
         jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner, after_index=index.refresh)
+        serving = ServingMark(coll.path)  # index runs on this collection now yield the CPU (indexer.priority)
     except BaseException:
         if index is not None:
             index.close()
@@ -131,4 +135,4 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
         coll.close()
         raise
     log.info("API ready: collection %s, encoder %s (%.1fs)", coll.path, raw.spec.id, time.perf_counter() - start)
-    return Runtime(settings, coll, encoder, searcher, jobs, metrics, index)
+    return Runtime(settings, coll, encoder, searcher, jobs, metrics, index, serving)
