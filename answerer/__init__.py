@@ -9,4 +9,6 @@ Modules:
     rerank      re-rank search results by the VLM's P(yes) to "Does this photo show {query}?"
     preprocess  batch preprocessing without the processor's per-call waste, checked against the processor
     captions    `photodex caption --all`: caption the collection and store the captions (resumable, locked)
+    pope        POPE object-hallucination evaluation (`photodex eval pope`)
+    settings    the VLM's settings part (PHOTODEX_VLM*)
 """

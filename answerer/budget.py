@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 __all__ = [
     "MIN_ANSWER_TOKENS",

@@ -25,12 +25,12 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.catalog_models import PhotoCaption, PhotoFile
+from indexer.catalog.models import PhotoCaption, PhotoFile
 from indexer.collection import Collection
-from indexer.errors import InputError
-from indexer.progress import Progress
+from indexer.core.errors import InputError
+from indexer.core.progress import Progress
 from indexer.writer_lock import WriterLock
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 from retrieval.search.filters import SearchFilters, allowed_ids
 
 from .budget import ImageBudget
@@ -98,7 +98,7 @@ def model_name(vlm: VLM) -> str:
 
 def decode_first(paths: list[str], max_side: int) -> Image.Image:
     """The first of ``paths`` that decodes (JPEG DCT-scaled towards ``max_side``); InputError with every reason."""
-    from indexer.decode import DecodeError, decode_photo
+    from indexer.encode.decode import DecodeError, decode_photo
 
     reasons = []
     for path in paths:

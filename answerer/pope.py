@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 from .budget import ImageBudget
 from .vlm import VLM, Request
@@ -214,7 +214,7 @@ def pope_metrics(labels: Sequence[str], predictions: Sequence[str]) -> dict[str,
 
 
 def _default_loader(path: str, max_side: int) -> Image.Image:
-    from indexer.decode import decode_photo
+    from indexer.encode.decode import decode_photo
 
     img, _ = decode_photo(path, max_side)  # DecodeError is an InputError
     return img

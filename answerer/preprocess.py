@@ -24,19 +24,16 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from .budget import shrink
 
-if TYPE_CHECKING:
-    from .vlm import VLM
-
 log = logging.getLogger(__name__)
 
-__all__ = ["CACHE_ENTRIES", "Preprocessor", "fit", "fixed_input_side", "same_inputs"]
+__all__ = ["CACHE_ENTRIES", "Preprocessor", "ProcessorSource", "fit", "fixed_input_side", "same_inputs"]
 
 CACHE_ENTRIES = 512
 
@@ -96,10 +93,21 @@ def same_inputs(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-5) -> boo
     return True
 
 
+class ProcessorSource(Protocol):
+    """What the preprocessor reads of a loaded model (:class:`answerer.vlm.VLM` is one); a protocol, so
+    this module and ``answerer.vlm`` do not import each other."""
+
+    model_id_or_path: str
+    processor: Any  # the HF processor (image processor + tokenizer)
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+
 class Preprocessor:
     """Turns (prompts, images per prompt, processor options) into model inputs; see the module docstring."""
 
-    def __init__(self, vlm: VLM) -> None:
+    def __init__(self, vlm: ProcessorSource) -> None:
         self.vlm = vlm
         self.checked: dict[str, bool] = {}  # way -> equal to the processor (missing: not checked yet)
         self._ids: OrderedDict[tuple[Any, ...], dict[str, list[int]]] = OrderedDict()

@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from indexer.errors import InputError
-from retrieval.moderation.visibility import hidden_ids
+from indexer.core.errors import InputError
+from retrieval.visibility import hidden_ids
+from retrieval.search.defaults import DEFAULT_COLLAPSE
 from retrieval.search.filters import SearchFilters
 from retrieval.search.searcher import (
-    DEFAULT_COLLAPSE,
     Searcher,
     SearchHit,
     SearchOptions,
@@ -233,7 +233,7 @@ def joint_request(question: str, photos: list[tuple[SearchHit, Image.Image]]) ->
 
 def load_photo(hit: SearchHit, max_side: int) -> Image.Image:
     """Decode the first readable file of ``hit`` (JPEG DCT-scaled towards ``max_side``)."""
-    from indexer.decode import DecodeError, decode_photo
+    from indexer.encode.decode import DecodeError, decode_photo
 
     reasons = []
     for path in hit.paths:
@@ -295,7 +295,7 @@ class Answerer:
     def _has_vectors(self) -> bool:
         from sqlalchemy import select
 
-        from indexer.catalog_models import Embedding
+        from indexer.catalog.models import Embedding
 
         with self.searcher.coll.catalog.session() as s:
             return s.scalar(select(Embedding.photo_id).limit(1)) is not None

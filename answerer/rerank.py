@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.search.searcher import Searcher, SearchHit, SearchOptions
 
 from .budget import ImageBudget

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 from .budget import (
     ImageBudget,

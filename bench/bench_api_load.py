@@ -117,7 +117,7 @@ def client_main(args: argparse.Namespace) -> None:
 # ---- orchestrator -----------------------------------------------------------------------------------------------
 def build_collection(root: Path, n: int) -> Path:
     from indexer.collection import Collection
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
     from retrieval.index.store import refresh_index
     from tests.helpers import make_library, save_tiny_clip
@@ -136,7 +136,7 @@ class InProcess:
 
     def __init__(self, collection: Path) -> None:
         from indexer.collection import Collection
-        from indexer.settings import Settings
+        from ui.settings import Settings
         from retrieval.search.searcher import Searcher, SearchOptions
         from ui.api.runtime import LockedEncoder
         from ui.context import load_chosen_encoder
@@ -297,7 +297,7 @@ def build_goal_collection(root: Path, n: int, model: str) -> tuple[Path, Path]:
     """A collection of ``n`` small photos embedded with ``model`` (random weights unless local), the starter
     moderation policy active; returns (collection, library folder)."""
     from indexer.collection import Collection
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
     from retrieval.index.store import refresh_index
     from retrieval.moderation.policy import STARTER_POLICY, load_policy
@@ -319,7 +319,7 @@ def build_goal_collection(root: Path, n: int, model: str) -> tuple[Path, Path]:
 def offline_moderate_rate(collection: Path, images: Path, rounds: int = 2) -> float:
     """Images/s deciding the library's files in one process (decode + encode in batches of 64), best of rounds."""
     from indexer.collection import Collection
-    from indexer.settings import Settings
+    from ui.settings import Settings
     from retrieval.moderation.service import moderate_files
     from retrieval.moderation.store import get_policy
     from ui.context import load_chosen_encoder

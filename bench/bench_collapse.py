@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.catalog_models import INDEXED, Embedding, Photo  # noqa: E402
+from indexer.catalog.models import INDEXED, Embedding, Photo  # noqa: E402
 from indexer.collection import Collection  # noqa: E402
-from indexer.spec import EncoderSpec  # noqa: E402
-from indexer.vectors import encode_vector  # noqa: E402
+from indexer.core.spec import EncoderSpec  # noqa: E402
+from indexer.core.vectors import encode_vector  # noqa: E402
 from retrieval.index.store import refresh_index  # noqa: E402
 from retrieval.search.searcher import Searcher, SearchOptions  # noqa: E402
 

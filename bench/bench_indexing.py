@@ -25,9 +25,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer.collection import Collection  # noqa: E402
-from indexer.decode import decode_photo  # noqa: E402
-from indexer.encode_run import make_loader, pending_items  # noqa: E402
-from indexer.encoders import load_encoder  # noqa: E402
+from indexer.encode.decode import decode_photo  # noqa: E402
+from indexer.encode.run import make_loader, pending_items  # noqa: E402
+from indexer.encode.encoders import load_encoder  # noqa: E402
 from indexer.run import RunOptions, index_paths  # noqa: E402
 
 

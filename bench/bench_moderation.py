@@ -45,10 +45,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.catalog_models import INDEXED, Embedding, Photo  # noqa: E402
+from indexer.catalog.models import INDEXED, Embedding, Photo  # noqa: E402
 from indexer.collection import Collection  # noqa: E402
-from indexer.spec import EncoderSpec  # noqa: E402
-from indexer.vectors import VECTOR_DTYPE, l2_normalize  # noqa: E402
+from indexer.core.spec import EncoderSpec  # noqa: E402
+from indexer.core.vectors import VECTOR_DTYPE, l2_normalize  # noqa: E402
 from retrieval.moderation.decide import CompiledPolicy  # noqa: E402
 from retrieval.moderation.policy import parse_policy  # noqa: E402
 from retrieval.moderation.rescan import rescan, with_thresholds  # noqa: E402

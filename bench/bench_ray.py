@@ -39,7 +39,7 @@ def bench_index(args: argparse.Namespace) -> None:
 
     from indexer.collection import Collection
     from indexer.distributed import RayOptions
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
 
     paths = make_corpus(Path(args.dir), args.n, (4000, 3000))
@@ -196,11 +196,11 @@ def commit_rate(folder: Path, dim: int, batch: int, n: int = 20_480) -> None:
 
     from sqlalchemy import insert
 
-    from indexer.catalog_models import PENDING, Photo
+    from indexer.catalog.models import PENDING, Photo
     from indexer.collection import Collection
-    from indexer.decode import PhotoFacts
-    from indexer.encode_run import _commit_batch
-    from indexer.spec import EncoderSpec
+    from indexer.encode.decode import PhotoFacts
+    from indexer.encode.run import _commit_batch
+    from indexer.core.spec import EncoderSpec
 
     coll = Collection.open_for_encoder(folder, EncoderSpec("ViT-B-32", None, dim))
     with coll.catalog.session() as s, s.begin():
@@ -226,10 +226,10 @@ def bench_sizes(args: argparse.Namespace) -> None:
     import faiss
     from sqlalchemy import insert
 
-    from indexer.catalog_models import INDEXED, Embedding, Photo, PhotoFile
+    from indexer.catalog.models import INDEXED, Embedding, Photo, PhotoFile
     from indexer.collection import Collection
-    from indexer.spec import EncoderSpec
-    from indexer.vectors import encode_vector
+    from indexer.core.spec import EncoderSpec
+    from indexer.core.vectors import encode_vector
     from retrieval.index.choice import ivf_spec
     from retrieval.index.vector_index import VectorIndex
 
@@ -298,11 +298,11 @@ def bench_gpu(args: argparse.Namespace) -> None:
     from bench_indexing import make_corpus
 
     from indexer.collection import Collection
-    from indexer.decode import decode_photo
+    from indexer.encode.decode import decode_photo
     from indexer.distributed import RayOptions
     from indexer.distributed.gpu_decode import TensorPreprocess, decode_jpeg_batch, probe_jpeg
     from indexer.distributed.stages import preprocess_for
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
 
     if not torch.cuda.is_available():

@@ -8,11 +8,11 @@ whole process (spawn to exit: interpreter start, imports, model load, tokenise, 
 after interpreter start, and the process's peak RSS (``wait4`` rusage). The model has random weights
 (``pretrained=None``, no download), so the numbers measure loading and compute, not weights quality. Variants:
 
-- ``torch``: ``indexer.encoders.load_encoder`` (imports torch + open_clip, builds the whole CLIP) + ``encode_texts``
+- ``torch``: ``indexer.encode.encoders.load_encoder`` (imports torch + open_clip, builds the whole CLIP) + ``encode_texts``
 - ``torch-text-only``: imports torch + open_clip, ``create_model`` then only ``encode_text`` (what a torch-only
   fast path could at best do without an export: open_clip still builds the vision tower)
-- ``onnx``: ``indexer.text_tower.try_load_text_tower`` + ``encode_texts`` (numpy + onnxruntime, no torch)
-- ``onnx+cache-hit``: ``indexer.query_cache`` lookup that hits, then nothing else is loaded
+- ``onnx``: ``retrieval.search.text_tower.try_load_text_tower`` + ``encode_texts`` (numpy + onnxruntime, no torch)
+- ``onnx+cache-hit``: ``retrieval.search.query_cache`` lookup that hits, then nothing else is loaded
 - ``cli``: an arbitrary command given with ``--cli`` (``{collection}`` is replaced), e.g. the wired CLI
 
 Not part of pytest.
@@ -40,7 +40,7 @@ QUERY = "a photo of two dogs playing on the beach at sunset"
 
 SNIPPETS = {
     "torch": """
-from indexer.encoders import load_encoder
+from indexer.encode.encoders import load_encoder
 enc = load_encoder({model!r}, pretrained=None, device="cpu")
 vec = enc.encode_texts([{query!r}])
 """,
@@ -54,13 +54,13 @@ with torch.inference_mode():
 vec = (x / x.norm(dim=-1, keepdim=True)).numpy()
 """,
     "onnx": """
-from indexer.text_tower import try_load_text_tower
+from retrieval.search.text_tower import try_load_text_tower
 tower = try_load_text_tower({collection!r}, {spec_id!r})
 assert tower is not None, "no text tower"
 vec = tower.encode_texts([{query!r}])
 """,
     "onnx+cache-hit": """
-from indexer.query_cache import open_query_cache
+from retrieval.search.query_cache import open_query_cache
 vec = open_query_cache({collection!r}, {spec_id!r}).get({query!r})
 assert vec is not None, "cache miss"
 """,
@@ -92,9 +92,9 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, st
 
 def prepare(model: str, collection: Path) -> str:
     """Export the text tower of a random-weight ``model`` into ``collection`` and warm the query cache."""
-    from indexer.encoders import load_encoder
-    from indexer.query_cache import open_query_cache
-    from indexer.text_tower import ensure_text_tower
+    from indexer.encode.encoders import load_encoder
+    from retrieval.search.query_cache import open_query_cache
+    from retrieval.search.text_tower_export import ensure_text_tower
 
     enc = load_encoder(model, pretrained=None, device="cpu")
     start = time.perf_counter()

@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from indexer.catalog_models import INDEXED, Embedding, Photo  # noqa: E402
+from indexer.catalog.models import INDEXED, Embedding, Photo  # noqa: E402
 from indexer.collection import Collection  # noqa: E402
-from indexer.spec import EncoderSpec  # noqa: E402
-from indexer.vectors import encode_vector  # noqa: E402
+from indexer.core.spec import EncoderSpec  # noqa: E402
+from indexer.core.vectors import encode_vector  # noqa: E402
 from retrieval.index import store  # noqa: E402
 from retrieval.search.searcher import Searcher, SearchOptions  # noqa: E402
 

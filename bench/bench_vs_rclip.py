@@ -2,7 +2,7 @@
 """Cold-process ``photodex search TEXT`` vs rclip (github.com/yurijmikhalevich/rclip) on the same photos, same weights.
 
 rclip 3.3.0 runs ViT-B-32-256 as two ONNX graphs with onnxruntime (no torch). Offline, this bench builds the
-seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encoders.load_encoder``), exports its
+seeded random-init ViT-B-32-256 exactly as photodex does (``indexer.encode.encoders.load_encoder``), exports its
 ``encode_image`` / ``encode_text`` the way rclip's ``scripts/convert_model.py`` does (TorchScript exporter,
 opset 18, one fp32 file per tower, input "input", output "output", un-normalised) into a temporary
 ``$RCLIP_DATADIR`` with open_clip's BPE vocabulary, so rclip finds its files and downloads nothing. Before
@@ -86,7 +86,7 @@ def export_for_rclip(datadir: Path) -> Any:
     import open_clip
     import torch
 
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     enc = load_encoder(MODEL, None, "cpu", "fp32")  # the same seeded random init as `photodex index`
 
@@ -136,7 +136,8 @@ def verify(enc: Any, rclip: str, env: dict[str, str], coll: Path, photos: list[P
     """Print how closely rclip's own Model reproduces photodex's tokenizer, text and image vectors."""
     from PIL import Image
 
-    from indexer.text_tower import PROBE_TEXTS, try_load_text_tower
+    from retrieval.search.text_tower import try_load_text_tower
+    from retrieval.search.text_tower_export import PROBE_TEXTS
 
     req = {"queries": [CHECK_QUERY, OTHER_QUERY], "texts": list(PROBE_TEXTS), "images": [str(p) for p in photos]}
     proc = subprocess.run([rclip_python(rclip), "-c", RCLIP_PROBE], input=json.dumps(req), env=env,

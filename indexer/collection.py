@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write_json
-from .catalog_read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
-from .errors import CollectionError, EncoderMismatchError
-from .photo_status import ERROR, INDEXED, PENDING
-from .spec import EncoderSpec
-from .vectors import decode_vectors
+from .core.atomic import atomic_write_json
+from .catalog.read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
+from .core.errors import CollectionError, EncoderMismatchError
+from .catalog.status import ERROR, INDEXED, PENDING
+from .core.spec import EncoderSpec
+from .core.vectors import decode_vectors
 from .writer_lock import WriterLock
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from .catalog.engine import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Collection:
         if self._catalog is None:
             with self._open_lock:
                 if self._catalog is None:
-                    from .catalog import Catalog
+                    from .catalog.engine import Catalog
 
                     self._catalog = Catalog(self.url)
         return self._catalog
@@ -148,7 +148,7 @@ class Collection:
             "updated_at": _now(),
             "database": "sqlite (catalog.db)" if database_url is None else "external (PHOTODEX_DATABASE_URL)",
         }
-        from .catalog import Catalog
+        from .catalog.engine import Catalog
 
         url = cls._database_url(root, database_url)
         catalog = Catalog(url)

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .collection import Collection
-from .errors import ConfigError
-from .progress import Progress
-from .sync import SyncReport, sync_catalog
+from .core.errors import ConfigError
+from .core.progress import Progress
+from .sync.plan import SyncReport, sync_catalog
 from .writer_lock import WriterLock
 
 if TYPE_CHECKING:
     from .distributed import RayOptions
-    from .pending import BatchHook, EncodeReport
-    from .encoders import Encoder
+    from .encode.pending import BatchHook, EncodeReport
+    from .encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def index_paths(
     """Index ``roots`` into ``coll`` incrementally and resumably, as the collection's one writer.
 
     ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
-    (refusing with :class:`~indexer.errors.WriterBusyError`, or waiting with ``options.wait``)."""
-    from .pending import EncodeReport, pending_count
+    (refusing with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``options.wait``)."""
+    from .encode.pending import EncodeReport, pending_count
     from .priority import cap_threads, yield_cpu
 
     options = options or RunOptions()
@@ -121,7 +121,7 @@ def index_paths(
             enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
             coll.check_encoder(enc.spec)
             loaded = True
-            from .encode_run import encode_pending  # torch: only when there is something to encode
+            from .encode.run import encode_pending  # torch: only when there is something to encode
 
             if niced and options.nice_scope == "process":
                 cap_threads()  # now that torch is loaded

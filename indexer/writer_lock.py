@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import WriterBusyError
+from .core.errors import WriterBusyError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

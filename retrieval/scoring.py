@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from indexer.vectors import l2_normalize
+from indexer.core.vectors import l2_normalize
 
 __all__ = ["TopK", "l2_normalize", "softmax", "top_k"]
 

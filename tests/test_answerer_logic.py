@@ -27,7 +27,7 @@ from answerer.rag import (
     supports,
 )
 from answerer.rerank import blend
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 
 def test_parse_citations_reads_the_usual_forms_in_order():
@@ -130,7 +130,8 @@ def test_blend_scales_clip_and_weights_p_yes():
 
 
 def test_settings_have_vlm_fields(monkeypatch):
-    from indexer.settings import DEFAULT_VLM, Settings
+    from answerer.settings import DEFAULT_VLM
+    from ui.settings import Settings
 
     assert Settings().vlm == DEFAULT_VLM
     monkeypatch.setenv("PHOTODEX_VLM", "/models/my-vlm")

@@ -11,7 +11,7 @@ import pytest
 
 from answerer.pope import evaluate_pope, pope_metrics, read_pope, resolve_images, yes_no
 from answerer.vlm import VLM
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from tests.world.generate import CLASSES, COLOURS, SHAPES, UNSAFE_CONCEPT, write_library
 
 SPLITS = ("random", "popular", "adversarial")

@@ -54,7 +54,7 @@ def test_offline_hub_id_error_says_how_to_use_a_local_folder():
 
 
 def test_a_folder_that_is_not_a_vlm_is_a_config_error(world_tiny_clip_dir):
-    from indexer.errors import ConfigError
+    from indexer.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="could not load VLM"):
         VLM(str(world_tiny_clip_dir), device="cpu").load()

@@ -11,7 +11,7 @@ from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, load_photo
 from answerer.rerank import rerank
 from answerer.vlm import VLM
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.world.generate import CLASSES, generate_samples
 from tests.world_collection import WorldCollection, build_world_collection

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions
 from answerer.vlm import shared_vlm
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error
@@ -267,7 +267,7 @@ def test_openapi_documents_ask_with_named_schemas_and_the_event_stream(client):
 
 
 def test_a_quarantined_photo_is_refused_unless_moderation_is_given(client, answerer, settings):
-    from indexer.catalog_models import Tag
+    from indexer.catalog.models import Tag
 
     coll = answerer.searcher.coll
     pid = answerer.searcher.search_text("a photo of a red circle", SearchOptions(k=1))[0].id
@@ -294,7 +294,7 @@ def test_a_quarantined_photo_is_refused_unless_moderation_is_given(client, answe
 def test_search_with_caption_weight_is_hybrid(client, answerer):
     from datetime import datetime
 
-    from indexer.catalog_models import PhotoCaption
+    from indexer.catalog.models import PhotoCaption
 
     coll = answerer.searcher.coll
     ranked = answerer.searcher.search_text("a photo of a green triangle", SearchOptions(k=500, collapse=None))

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from indexer.collection import Collection
-from indexer.settings import Settings
+from ui.settings import Settings
 from tests.world_collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.security import create_api_key

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.index.store import refresh_index
 from tests.helpers import make_library
 from tests.api_support import assert_error

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.settings import Settings
+from ui.settings import Settings
 from tests.world_collection import build_world_collection
 from ui.api.app import create_app
 

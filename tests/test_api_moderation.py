@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from indexer.catalog_models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
+from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
 from indexer.collection import Collection
-from indexer.settings import Settings
+from ui.settings import Settings
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
-from retrieval.moderation.outcomes import OUTCOMES
+from retrieval.outcomes import OUTCOMES
 from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies

@@ -8,13 +8,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from indexer.catalog_models import ApiKey
+from indexer.catalog.models import ApiKey
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
-from indexer.settings import Settings
+from ui.settings import Settings
 from tests.helpers import make_library
 from tests.api_support import assert_error
 from ui.api.app import create_app
+from ui.api.security import create_api_key
 from ui.cli.app import main as cli
 
 API = "/api/v1"
@@ -114,3 +115,117 @@ def test_cors_off_by_default_and_on_when_configured(keyed, tiny_encoder):
                      encoder_loader=lambda s: tiny_encoder)
     with TestClient(app) as c:
         assert c.options(f"{API}/search", headers=pre).headers["access-control-allow-origin"] == "https://ui.example"
+
+
+# ---- private by default beyond loopback (issue 25) ---------------------------------------------
+PRIVATE_READS = [("get", "/photos/1/original", {}), ("post", "/search", {"json": {"text": "a photo"}}),
+                 ("get", "/decisions", {}), ("get", "/metrics", {})]
+
+
+@pytest.fixture(scope="module")
+def read_key(keyed):
+    root, _ = keyed
+    with Collection.open(root / "coll") as coll:
+        return create_api_key(coll.catalog, "private-read", "read")
+
+
+def _app(keyed, tiny_encoder, **settings):
+    root, _ = keyed
+    return create_app(Settings(collection=root / "coll", **settings), encoder_loader=lambda s: tiny_encoder)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "fe80::1"])
+def test_a_server_bound_beyond_loopback_needs_a_key_for_reads(keyed, tiny_encoder, read_key, host):
+    with TestClient(_app(keyed, tiny_encoder, api_host=host)) as c:
+        for method, url, kw in PRIVATE_READS:
+            err = assert_error(getattr(c, method)(API + url, **kw), 401, "unauthorized")
+            assert "X-API-Key" in err["message"] and "--scope read" in err["message"]
+            assert getattr(c, method)(API + url, headers={"X-API-Key": read_key}, **kw).status_code == 200, url
+        assert c.get(f"{API}/healthz").status_code == 200
+        ready = c.get(f"{API}/readyz")
+        assert ready.status_code == 200 and ready.json()["reads_need_key"] is True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_server_keeps_reads_open(keyed, tiny_encoder, host, caplog):
+    with caplog.at_level("WARNING"), TestClient(_app(keyed, tiny_encoder, api_host=host)) as c:
+        for method, url, kw in PRIVATE_READS:
+            assert getattr(c, method)(API + url, **kw).status_code == 200, url
+        assert c.get(f"{API}/readyz").json()["reads_need_key"] is False
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_explicit_false_opens_reads_beyond_loopback_and_warns_once(keyed, tiny_encoder, caplog):
+    with caplog.at_level("WARNING"):
+        app = _app(keyed, tiny_encoder, api_host="0.0.0.0", api_require_key_for_reads=False)
+        with TestClient(app) as c:
+            for method, url, kw in PRIVATE_READS:
+                assert getattr(c, method)(API + url, **kw).status_code == 200, url
+            assert_error(c.post(f"{API}/index/jobs", json={"paths": ["/x"]}), 401)  # writes still need a key
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "0.0.0.0" in warnings[0] and "PHOTODEX_API_REQUIRE_KEY_FOR_READS=false" in warnings[0]
+    assert all(word in warnings[0] for word in ("original", "search", "decisions", "metrics"))
+
+
+def test_explicit_true_needs_a_key_even_on_loopback(keyed, tiny_encoder, read_key):
+    with TestClient(_app(keyed, tiny_encoder, api_host="127.0.0.1", api_require_key_for_reads=True)) as c:
+        assert_error(c.get(f"{API}/metrics"), 401)
+        assert c.get(f"{API}/metrics", headers={"X-API-Key": read_key}).status_code == 200
+
+
+def test_setting_distinguishes_unset_from_false(monkeypatch):
+    assert Settings().api_require_key_for_reads is None
+    monkeypatch.setenv("PHOTODEX_API_REQUIRE_KEY_FOR_READS", "false")
+    assert Settings().api_require_key_for_reads is False
+    monkeypatch.setenv("PHOTODEX_API_HOST", "0.0.0.0")
+    assert Settings().api_host == "0.0.0.0"
+
+
+def test_unknown_bind_address_decides_by_the_address_a_request_arrived_at(keyed, tiny_encoder, read_key):
+    """Started by something other than `photodex serve` (no PHOTODEX_API_HOST): a request that reached a
+    non-loopback local address proves the server listens beyond loopback."""
+    app = _app(keyed, tiny_encoder)
+    with TestClient(app, base_url="http://10.1.2.3") as remote, TestClient(app, base_url="http://127.0.0.1") as local:
+        assert_error(remote.get(f"{API}/decisions"), 401)
+        assert remote.get(f"{API}/decisions", headers={"X-API-Key": read_key}).status_code == 200
+        assert local.get(f"{API}/decisions").status_code == 200
+
+
+def test_loopback_rule():
+    from ui.api.access import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.255.0.9", "::1", "localhost", "::ffff:127.0.0.1"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.1", "fe80::1", "no-such-host.invalid"))
+
+
+# ---- throttled key guessing --------------------------------------------------------------------
+def test_the_21st_bad_key_in_a_minute_is_429_and_a_valid_key_is_still_served(keyed, tiny_encoder, read_key):
+    app = _app(keyed, tiny_encoder, api_host="0.0.0.0")
+    with TestClient(app) as c, TestClient(app, client=("10.9.9.9", 4000)) as other:
+        bad = {"X-API-Key": read_key[:-4] + "AAAA"}
+        for _ in range(20):
+            assert_error(c.post(f"{API}/search", json={"text": "a"}, headers=bad), 401)
+        err = c.post(f"{API}/search", json={"text": "a"}, headers=bad)
+        assert_error(err, 429, "too_many_requests")
+        assert 1 <= int(err.headers["retry-after"]) <= 60
+        assert_error(c.get(f"{API}/decisions"), 429)  # no key from a throttled address: 429 too
+        assert_error(c.post(f"{API}/index/jobs", json={"paths": ["/x"]}, headers=bad), 429)
+        assert c.post(f"{API}/search", json={"text": "a"}, headers={"X-API-Key": read_key}).status_code == 200
+        assert_error(other.get(f"{API}/decisions", headers=bad), 401)  # another address is not throttled
+        metrics = c.get(f"{API}/metrics", headers={"X-API-Key": read_key}).text
+    assert 'photodex_api_key_refusals_total{reason="unknown_key",status="401"} 21.0' in metrics
+    assert 'photodex_api_key_refusals_total{reason="throttled",status="429"} 3.0' in metrics
+
+
+def test_throttle_setting_and_window():
+    from ui.api.throttle import KeyThrottle
+
+    now = [1000.0]
+    t = KeyThrottle(limit=3, window=60, clock=lambda: now[0])
+    assert [t.refuse("a") for _ in range(4)] == [None, None, None, 60]
+    now[0] += 59.2
+    assert t.retry_after("a") == 1 and t.retry_after("b") is None
+    now[0] += 1
+    assert t.retry_after("a") is None and t.refuse("a") is None  # a new minute, a new count
+    assert Settings(api_max_failed_keys_per_minute=5).api_max_failed_keys_per_minute == 5

@@ -28,10 +28,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(*args: str, timeout: float = 90) -> Iterator[str]:
+def serve(*args: str, timeout: float = 90, env: dict[str, str] | None = None,
+          output: list[str] | None = None) -> Iterator[str]:
+    """`photodex serve` on a free port, reached through 127.0.0.1 (``output``: its log, once it stopped)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ui.cli", "serve", "--port", str(port), *args],
-                            env=env_offline(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env={**env_offline(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -53,6 +56,9 @@ def serve(*args: str, timeout: float = 90) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        if output is not None:
+            output.append(proc.stdout.read())
 
 
 def _collection(root: Path, encoder, database_url: str | None = None) -> Path:
@@ -80,6 +86,39 @@ def test_real_server_on_loopback(tmp_path, tiny_encoder):
         big = c.post(f"{API}/search/image", files={"file": ("x.png", b"\0" * (40 * 1024 * 1024), "image/png")})
         assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
         assert 'route="/api/v1/search",status="200"' in c.get(f"{API}/metrics").text
+        assert c.get(f"{API}/decisions").status_code == 200  # loopback: reads stay open without a key
+
+
+PRIVATE_READS = [("get", "/photos/{pid}/original", {}), ("post", "/search", {"json": {"text": "a photo"}}),
+                 ("get", "/decisions", {}), ("get", "/metrics", {})]
+
+
+def test_a_server_bound_to_all_interfaces_needs_a_read_key(tmp_path, tiny_encoder):
+    coll_dir = _collection(tmp_path, tiny_encoder)
+    with Collection.open(coll_dir) as coll:
+        key = create_api_key(coll.catalog, "reader", "read")
+        pid = min(coll.vector_ids())
+    with serve("--host", "0.0.0.0", "--collection", str(coll_dir)) as base, \
+            httpx.Client(base_url=base, timeout=30) as c:  # reached through 127.0.0.1 only
+        assert c.get(f"{API}/healthz").status_code == 200 and c.get(f"{API}/readyz").status_code == 200
+        for method, url, kw in PRIVATE_READS:
+            url = API + url.format(pid=pid)
+            resp = c.request(method, url, **kw)
+            assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized", (url, resp.text)
+            assert c.request(method, url, headers={"X-API-Key": key}, **kw).status_code == 200, url
+
+
+def test_explicit_false_opens_reads_on_all_interfaces_and_warns_once(tmp_path, tiny_encoder):
+    coll_dir = _collection(tmp_path, tiny_encoder)
+    log: list[str] = []
+    with serve("--host", "0.0.0.0", "--collection", str(coll_dir), output=log,
+               env={"PHOTODEX_API_REQUIRE_KEY_FOR_READS": "false"}) as base, \
+            httpx.Client(base_url=base, timeout=30) as c:
+        pid = c.post(f"{API}/search", json={"text": "a photo", "k": 1}).json()["results"][0]["id"]
+        for method, url, kw in PRIVATE_READS:
+            assert c.request(method, API + url.format(pid=pid), **kw).status_code == 200, url
+    warnings = [line for line in log[0].splitlines() if "PHOTODEX_API_REQUIRE_KEY_FOR_READS=false" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING") and "0.0.0.0" in warnings[0], log[0]
 
 
 def test_two_workers_on_postgresql(tmp_path, tiny_encoder, pg_database_url):

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from answerer.captions import CaptionOptions, caption_collection
 from answerer.rag import Answerer, AskOptions, HiddenPhotoError
-from indexer.catalog_models import PhotoCaption, Tag
-from indexer.errors import InputError, WriterBusyError
+from indexer.catalog.models import PhotoCaption, Tag
+from indexer.core.errors import InputError, WriterBusyError
 from retrieval.search.captions import CaptionIndex, caption_matches, tokenize
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
@@ -44,7 +44,7 @@ def searcher(world, coll) -> Searcher:
 
 
 def _path_ids(coll) -> dict[str, int]:
-    from indexer.catalog_models import PhotoFile
+    from indexer.catalog.models import PhotoFile
 
     with coll.catalog.session() as s:
         return {p: int(i) for i, p in s.execute(select(PhotoFile.photo_id, PhotoFile.path))}

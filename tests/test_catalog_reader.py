@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, text
 
-from indexer.catalog import current_revision, head_revision, make_engine
-from indexer.catalog_models import Embedding, Meta, Photo, PhotoFile, Tag
-from indexer.catalog_read import EngineReader, SqliteReader
+from indexer.catalog.engine import current_revision, head_revision, make_engine
+from indexer.catalog.models import Embedding, Meta, Photo, PhotoFile, Tag
+from indexer.catalog.read import EngineReader, SqliteReader
 from indexer.collection import Collection
-from indexer.errors import CollectionError
+from indexer.core.errors import CollectionError
 from indexer.run import RunOptions, index_paths
-from indexer.vectors import decode_vectors
-from retrieval.moderation.visibility import hidden_ids
+from indexer.core.vectors import decode_vectors
+from retrieval.visibility import hidden_ids
 from retrieval.search.searcher import SearchOptions, Searcher
 from tests.helpers import make_library
 
@@ -100,7 +100,7 @@ def test_search_hits_stats_and_vectors_read_without_the_orm_equal_the_orms(descr
 def test_an_older_catalog_is_upgraded_on_open_then_read_without_the_orm(tmp_path, tiny_encoder):
     from alembic import command
 
-    from indexer.catalog import alembic_config
+    from indexer.catalog.engine import alembic_config
 
     lib = tmp_path / "lib"
     make_library(lib, 6)
@@ -159,7 +159,7 @@ def test_a_collection_folder_with_url_characters_keeps_its_catalog_inside(tmp_pa
     """'?', '#' and '%' in the folder name once made SQLAlchemy open a catalog in another file."""
     from sqlalchemy.engine import make_url
 
-    from indexer.catalog_read import sqlite_path, sqlite_url
+    from indexer.catalog.read import sqlite_path, sqlite_url
 
     parent = tmp_path / "odd parent"
     folder = parent / "holiday?2024 #1 100%25 été"

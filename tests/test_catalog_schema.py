@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.script import ScriptDirectory
 
-from indexer.catalog import Catalog, alembic_config, current_revision, head_revision, sqlite_url
+from indexer.catalog.engine import Catalog, alembic_config, current_revision, head_revision, sqlite_url
 
 
 def test_head_revision_read_from_files_equals_alembics_head():
@@ -25,7 +25,7 @@ def test_catalog_from_a_newer_photodex_is_refused_with_a_clear_error_and_left_al
     import pytest
     from sqlalchemy import text
 
-    from indexer.errors import CollectionError
+    from indexer.core.errors import CollectionError
 
     url = sqlite_url(tmp_path / "catalog.db")
     cat = Catalog(url)
@@ -34,7 +34,7 @@ def test_catalog_from_a_newer_photodex_is_refused_with_a_clear_error_and_left_al
     cat.dispose()
     with pytest.raises(CollectionError, match=r"schema revision 9001, newer than this photodex knows.*upgrade photodex"):
         Catalog(url)
-    from indexer.catalog import make_engine
+    from indexer.catalog.engine import make_engine
 
     engine = make_engine(url)  # the refused catalog was not touched
     assert current_revision(engine) == "9001"

@@ -29,7 +29,7 @@ def heldout(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(world_tiny_clip_dir):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
 

@@ -174,7 +174,7 @@ def test_a_photo_left_without_a_path_is_removed_by_the_next_unchanged_run(tmp_pa
 
     from sqlalchemy import select
 
-    from indexer.catalog_models import Embedding, Photo
+    from indexer.catalog.models import Embedding, Photo
     from indexer.collection import Collection
     from indexer.run import RunOptions, index_paths
 

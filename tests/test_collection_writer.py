@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from indexer.catalog_models import INDEXED, Embedding, Photo
+from indexer.catalog.models import INDEXED, Embedding, Photo
 from indexer.collection import Collection
-from indexer.errors import WriterBusyError
+from indexer.core.errors import WriterBusyError
 from indexer.run import RunOptions, index_paths
 from tests.helpers import env_offline, make_library
 
@@ -84,7 +84,7 @@ import os, sys, time
 from indexer.writer_lock import WriterLock
 engine = None
 if len(sys.argv) > 2:
-    from indexer.catalog import make_engine
+    from indexer.catalog.engine import make_engine
     engine = make_engine(sys.argv[2])
 lock = WriterLock(sys.argv[1], engine).acquire()
 if os.fork() == 0:  # a decode worker: it inherits the writer's open files and outlives it for a while
@@ -103,7 +103,7 @@ def test_a_sigkilled_writers_lingering_worker_does_not_keep_the_lock(created, ba
     """flock belongs to the open file (a PostgreSQL advisory lock to the session behind the socket), and
     a forked worker shares both: a worker still alive after its writer was SIGKILLed kept the collection
     locked in the dead writer's name until it noticed."""
-    from indexer.catalog import Catalog
+    from indexer.catalog.engine import Catalog
     from indexer.writer_lock import WriterLock
 
     coll_dir, _ = created

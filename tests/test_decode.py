@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.decode import DecodeError, decode_photo
+from indexer.encode.decode import DecodeError, decode_photo
 
 
 def _save(img: Image.Image, path, **kw):
@@ -105,7 +105,7 @@ def test_common_formats_decode(tmp_path, ext, fmt):
 
 def test_heic_decodes_with_the_heic_extra(tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif", reason="install the 'heic' extra")
-    from indexer.decode import register_heif
+    from indexer.encode.decode import register_heif
 
     assert register_heif()
     p = tmp_path / "phone.heic"

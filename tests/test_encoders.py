@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.encoders import load_encoder, resolve_device
-from indexer.errors import EncoderLoadError
+from indexer.encode.encoders import load_encoder, resolve_device
+from indexer.core.errors import EncoderLoadError
 from tests.helpers import TINY_NAME, register_tiny_config
 
 

@@ -197,7 +197,7 @@ def test_read_only_collection_can_be_searched(indexed, tmp_path, tiny_clip):
 
 
 def _encoder_for(tiny_clip):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(tiny_clip[0]), device="cpu")
 

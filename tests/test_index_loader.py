@@ -8,10 +8,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from indexer.catalog_models import INDEXED, Embedding, Photo
+from indexer.catalog.models import INDEXED, Embedding, Photo
 from indexer.collection import Collection
-from indexer.spec import EncoderSpec
-from indexer.vectors import encode_vector
+from indexer.core.spec import EncoderSpec
+from indexer.core.vectors import encode_vector
 from retrieval.index.loader import IndexLoader
 from retrieval.index.state import index_state, index_version
 from retrieval.index.store import refresh_index

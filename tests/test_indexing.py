@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from indexer.catalog_models import INDEXED, Embedding, Photo, PhotoFile
+from indexer.catalog.models import INDEXED, Embedding, Photo, PhotoFile
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError
+from indexer.core.errors import EncoderMismatchError
 from indexer.run import RunOptions, index_paths
 from tests.helpers import make_library, random_photo
 

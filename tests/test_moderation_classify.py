@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from indexer.catalog_models import ModerationState, Tag
+from indexer.catalog.models import ModerationState, Tag
 from indexer.collection import Collection
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.classify.tagging import ZeroShotClassifier, tag_library
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import rescan

@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, select, text
 
-from indexer.catalog import alembic_config, current_revision, head_revision, make_engine, sqlite_url, upgrade
-from indexer.catalog_models import Base, ModerationDecision, ModerationState, Photo, PhotoFile
+from indexer.catalog.engine import alembic_config, current_revision, head_revision, make_engine, sqlite_url, upgrade
+from indexer.catalog.models import Base, ModerationDecision, ModerationState, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
 from retrieval.moderation.history import decision_history, list_decisions
@@ -121,7 +121,7 @@ def _main(capsys, *args):
 
 
 def test_deleted_photo_keeps_its_history_and_a_reused_id_does_not_mix_it_in(tmp_path, world_tiny_clip_dir, capsys):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     encoder = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
     library = tmp_path / "library"
@@ -175,7 +175,7 @@ def test_deleted_photo_keeps_its_history_and_a_reused_id_does_not_mix_it_in(tmp_
 
 
 def test_history_of_an_unknown_id_is_empty(tmp_path):
-    from indexer.spec import EncoderSpec
+    from indexer.core.spec import EncoderSpec
 
     coll = Collection.open_for_encoder(tmp_path / "c", EncoderSpec("x", None, 8))
     try:

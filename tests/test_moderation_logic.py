@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.moderation.calibrate import CalibrationError, choose_threshold, pr_curve
 from retrieval.moderation.decide import (
     LEVEL_HIT,
@@ -19,7 +19,7 @@ from retrieval.moderation.decide import (
     explain_row,
 )
 from retrieval.moderation.history import concept_masks
-from retrieval.moderation.outcomes import OUTCOMES
+from retrieval.outcomes import OUTCOMES
 from retrieval.moderation.policy import STARTER_POLICY, load_policy, parse_policy
 
 FLAG, QUARANTINE, BLOCK = (OUTCOMES.index(a) for a in ("flag", "quarantine", "block"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import delete, select, update
 
-from indexer.catalog_models import ModerationState
+from indexer.catalog.models import ModerationState
 from indexer.collection import Collection
 from retrieval.moderation import rescan as rescan_module
 from retrieval.moderation.decide import score_keys
@@ -110,7 +110,7 @@ def test_threshold_only_change_reads_no_vector_and_equals_a_full_rescore(coll, s
     # ... and equals deciding every photo directly from its stored vector
     direct = v2.compiled().decide(vecs)
     state = _state(coll)
-    from retrieval.moderation.outcomes import OUTCOMES
+    from retrieval.outcomes import OUTCOMES
 
     assert [state[int(i)][0] for i in ids] == [OUTCOMES[k] for k in direct.outcome]
     assert real.by_concept["circle"]["hit"] == int((direct.levels[:, 1] == 2).sum())
@@ -189,7 +189,7 @@ def test_ingest_scores_equal_scores_of_the_stored_vectors(coll, world, stored, b
         s.execute(delete(ModerationState))
         decide_in_session(s, pick, fresh)
     state = _state(coll)
-    from indexer.vectors import decode_vectors, encode_vector
+    from indexer.core.vectors import decode_vectors, encode_vector
 
     as_read = decode_vectors([encode_vector(v) for v in fresh], coll.dim)  # what a rescan reads back
     expected = record.compiled().scores(as_read)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from indexer.catalog_models import (
+from indexer.catalog.models import (
     ModerationDecision,
     ModerationPolicy,
     ModerationRun,
@@ -19,7 +19,7 @@ from indexer.catalog_models import (
     PhotoFile,
 )
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError, InputError, WriterBusyError
+from indexer.core.errors import EncoderMismatchError, InputError, WriterBusyError
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import decision_history, list_decisions
 from retrieval.moderation.policy import parse_policy
@@ -424,7 +424,7 @@ def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, pg_database_u
     pg = Collection.open_for_encoder(tmp_path / "pgcoll", world.encoder.spec, pg_database_url)
     try:
         with world.open() as src, src.catalog.session() as s:
-            from indexer.catalog_models import Embedding, Photo
+            from indexer.catalog.models import Embedding, Photo
 
             photos = [{c.name: getattr(p, c.name) for c in Photo.__table__.columns} for p in s.scalars(select(Photo))]
             blobs = [{"photo_id": e.photo_id, "vector": e.vector} for e in s.scalars(select(Embedding))]

@@ -16,12 +16,12 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import select
 
-import indexer.scan
-from indexer import sync
-from indexer.catalog import alembic_config, make_engine, sqlite_url
-from indexer.catalog_models import INDEXED, Photo, PhotoFile
+import indexer.sync.scan
+from indexer.sync import plan as sync
+from indexer.catalog.engine import alembic_config, make_engine, sqlite_url
+from indexer.catalog.models import INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
-from indexer.encoders import Encoder
+from indexer.encode.encoders import Encoder
 from indexer.run import RunOptions, RunSummary, index_paths
 from tests.helpers import env_offline, random_photo
 
@@ -65,7 +65,7 @@ def _database_url(request: pytest.FixtureRequest, backend: str) -> str | None:
 _SYNC_IN_CHILD = """
 import json, sys
 from indexer.collection import Collection
-from indexer.sync import sync_catalog
+from indexer.sync.plan import sync_catalog
 coll = Collection.open(sys.argv[1])
 print(json.dumps(sync_catalog(coll, sys.argv[2:], follow_external_symlinks=True).to_dict()))
 """
@@ -106,7 +106,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, tiny_encoder, monkeypatc
 @pytest.mark.parametrize("swap", ["before_hash", "after_type_check"])
 def test_file_swapped_for_fifo_after_scan_is_not_opened_blocking(tmp_path, monkeypatch, swap):
     photo = random_photo(tmp_path / "a.jpg")
-    entry = next(indexer.scan.scan([photo]))
+    entry = next(indexer.sync.scan.scan([photo]))
     regular = os.stat(photo)
     photo.unlink()
     os.mkfifo(photo)
@@ -243,7 +243,7 @@ def test_unlistable_folder_keeps_its_indexed_files(tmp_path, tiny_encoder, monke
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
 
-    monkeypatch.setattr(indexer.scan.os, "scandir", scandir)
+    monkeypatch.setattr(indexer.sync.scan.os, "scandir", scandir)
     summary = _index(coll_dir, tiny_encoder, [lib])
     assert summary.sync.removed_files == 0 and summary.sync.removed_photos == 0
     files = _files(coll_dir)

@@ -19,11 +19,11 @@ import pytest
 from PIL import Image, ImageOps
 from sqlalchemy import select
 
-from indexer.catalog_models import ERROR, INDEXED, Photo, PhotoFile
+from indexer.catalog.models import ERROR, INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
-from indexer.decode import RAWPY_MISSING, DecodeError, decode_photo
+from indexer.encode.decode import RAWPY_MISSING, DecodeError, decode_photo
 from indexer.run import RunOptions, index_paths
-from indexer.scan import scan
+from indexer.sync.scan import scan
 from tests.helpers import bayer_mosaic, random_photo, two_colour_scene, write_dng
 
 needs_rawpy = pytest.mark.skipif(importlib.util.find_spec("rawpy") is None,
@@ -146,7 +146,7 @@ def test_bomb_guard_counts_the_raw_pixels(tmp_path, monkeypatch):
 
 _FORK_SCRIPT = """
 import multiprocessing, sys
-from indexer.decode import decode_photo
+from indexer.encode.decode import decode_photo
 path = sys.argv[1]
 decode_photo(path, 100)  # the parent runs LibRaw first (rawpy's own OpenMP runtime: no torch here)
 with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -349,7 +349,7 @@ def test_cli_index_records_raw_facts_and_text_search_finds_raws(raw_world, world
 def test_api_thumbnail_of_a_raw_photo(tmp_path, tiny_encoder):
     from fastapi.testclient import TestClient
 
-    from indexer.settings import Settings
+    from ui.settings import Settings
     from ui.api.app import create_app
 
     encoder = tiny_encoder
@@ -394,7 +394,7 @@ def test_api_uploads_of_a_raw_are_checked_by_the_raws_own_size_and_searched(tmp_
     """A DNG's TIFF header names its small preview: the upload pixel limit must count the RAW itself."""
     from fastapi.testclient import TestClient
 
-    from indexer.settings import Settings
+    from ui.settings import Settings
     from ui.api.app import create_app
 
     shot = write_dng(tmp_path / "lib" / "shot.dng", bayer_mosaic(two_colour_scene(80, 120)),

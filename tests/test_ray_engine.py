@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.catalog_models import Embedding, Photo, PhotoFile
+from indexer.catalog.models import Embedding, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.distributed import EncoderRecipe, RayOptions
 from indexer.run import RunOptions, index_paths
@@ -277,7 +277,7 @@ def test_driver_reads_pending_photos_in_bounded_windows(tmp_path, tiny_encoder, 
     window only. Every photo still ends indexed exactly once."""
     import ray.exceptions
 
-    import indexer.pending as pending
+    import indexer.encode.pending as pending
     from indexer.distributed import engine
 
     n, window = 30, 12
@@ -364,7 +364,7 @@ def _scene(path: Path, size: tuple[int, int], seed: int, **save_kw: Any) -> Path
 
 
 def _compare_tensor_path(tmp_path: Path, device: str) -> None:
-    from indexer.decode import decode_photo
+    from indexer.encode.decode import decode_photo
     from indexer.distributed.gpu_decode import MEAN_ABS_TOLERANCE, TensorPreprocess, decode_jpeg_batch, probe_jpeg
     from indexer.distributed.stages import preprocess_for
 
@@ -411,7 +411,7 @@ def test_gpu_decode_stages_fall_back_to_cpu_per_photo(tmp_path, tiny_encoder, mo
     a batch nvJPEG rejects falls back photo by photo, and results match the local engine's."""
     from indexer.distributed.gpu_decode import decode_jpeg_batch, probe_jpeg
     from indexer.distributed.stages import KIND_JPEG, KIND_PIXELS, DecodeConfig, EncodeActor, decode_stage
-    from indexer.encode_run import PhotoDataset
+    from indexer.encode.run import PhotoDataset
 
     lib = tmp_path / "lib"
     _mixed_library(lib)

@@ -16,7 +16,7 @@ def test_zero_shot_on_real_weights():
 
     open_clip's table: ViT-B-32 (openai) reaches 89.8 % on CIFAR-10.
     """
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
     from retrieval.classify.eval_folder import evaluate_image_folder
 
     spec = os.environ["PHOTODEX_TEST_WEIGHTS"]
@@ -29,7 +29,7 @@ def test_zero_shot_on_real_weights():
 
 @pytest.mark.gpu
 def test_cuda_autocast_matches_fp32(tiny_clip):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     folder, _ = tiny_clip
     cpu = load_encoder("local-dir:" + str(folder), device="cpu")

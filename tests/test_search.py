@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.errors import EncoderMismatchError
+from indexer.core.errors import EncoderMismatchError
 from indexer.run import RunOptions, index_paths
 from retrieval.search.filters import FilterError, parse_filters
 from retrieval.search.query import QueryError

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from indexer.catalog_models import PhotoFile
+from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
 from retrieval.index import store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.vectors import l2_normalize
+from indexer.core.vectors import l2_normalize
 from retrieval.index.choice import flat_spec, ivf_spec
 from retrieval.index.recall import exact_knn, recall_at_k
 from retrieval.index.sharded import ShardedIndex, merge_top_k, shard_bounds, shard_of

@@ -16,16 +16,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from indexer.catalog_models import PhotoFile
+from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
 from indexer.run import RunOptions, index_paths
-from indexer.settings import Settings
 from retrieval.index.store import refresh_index
 from tests.api_support import assert_error
 from tests.helpers import make_library, random_photo
 from ui.api.app import create_app
 from ui.api.security import create_api_key
 from ui.cli.app import main as cli
+from ui.settings import Settings
 
 API = "/api/v1"
 OPTS = RunOptions(batch_size=8, workers=0)

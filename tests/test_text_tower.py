@@ -15,25 +15,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.errors import ConfigError, EncoderMismatchError
-from indexer.query_cache import QueryCache, open_query_cache
-from indexer.text_tower import (
+from indexer.core.errors import ConfigError, EncoderMismatchError
+from retrieval.search.query_cache import QueryCache, open_query_cache
+from retrieval.search.text_tower import (
     BPE_FILE,
     ENCODE_BATCH,
     MODEL_FILE,
     SIDECAR,
     WEIGHTS_FILE,
-    ClipBpeTokenizer,
     TextTowerCorruptError,
     TextTowerExportError,
     TextTowerMismatchError,
     TextTowerMissingError,
-    ensure_text_tower,
-    export_text_tower,
     load_text_tower,
     text_tower_folder,
     try_load_text_tower,
 )
+from retrieval.search.text_tower_export import ensure_text_tower, export_text_tower
+from retrieval.search.tokenizer import ClipBpeTokenizer
 from tests.helpers import env_offline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +62,7 @@ def _python(code: str, *args: str, timeout: float = 120) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def world_encoder(world_tiny_clip_dir: Path):
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
 
@@ -78,7 +77,7 @@ def world_tower(world_encoder, tmp_path_factory: pytest.TempPathFactory) -> tupl
 @pytest.fixture(scope="module")
 def vitb32_encoder():
     """Random-weight ViT-B-32 (no download): the real text-tower shape, context 77, vocab 49408."""
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("ViT-B-32", pretrained=None, device="cpu")
 
@@ -157,7 +156,7 @@ def test_plain_ascii_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
 
     import ftfy
 
-    from indexer.text_tower import _basic_clean, _is_plain
+    from retrieval.search.tokenizer import _basic_clean, _is_plain
 
     rng = random.Random(11)
     alphabet = string.printable  # includes &, tab, CR, LF, VT, FF
@@ -179,8 +178,8 @@ def test_searching_process_imports_neither_torch_nor_open_clip(world_encoder, wo
         """
         import json, sys
         import numpy as np
-        from indexer.query_cache import open_query_cache
-        from indexer.text_tower import try_load_text_tower
+        from retrieval.search.query_cache import open_query_cache
+        from retrieval.search.text_tower import try_load_text_tower
         collection, spec_id, out = sys.argv[1:4]
         texts = json.loads(sys.argv[4])
         tower = try_load_text_tower(collection, spec_id)
@@ -227,7 +226,7 @@ def test_rebuilt_when_the_spec_changes_and_refused_for_another_encoder(world_enc
 
 
 def test_same_model_new_spec_id_is_stale(world_encoder, tmp_path: Path) -> None:
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
     folder = ensure_text_tower(tmp_path, world_encoder)
     first = _export_dir(folder)
@@ -297,7 +296,7 @@ def test_missing_export(tmp_path: Path) -> None:
 def test_unexportable_encoder_says_so_and_leaves_the_folder_alone(world_encoder, world_tower, tmp_path: Path) -> None:
     from open_clip.tokenizer import SimpleTokenizer
 
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
     random_crop = Encoder(world_encoder.model, world_encoder.preprocess,
                           SimpleTokenizer(context_length=24, reduction_mask="simple"), world_encoder.spec)
@@ -357,7 +356,7 @@ def _save_tiny_siglip(folder: Path) -> Path:
 
 
 def test_siglip_style_tower_with_hf_tokenizer(tmp_path: Path) -> None:
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     encoder = load_encoder("local-dir:" + str(_save_tiny_siglip(tmp_path / "siglip")), device="cpu")
     assert type(encoder.tokenizer).__name__ == "HFTokenizer"
@@ -423,7 +422,7 @@ def test_query_cache_survives_a_garbage_file_and_a_read_only_folder(tmp_path: Pa
 _WRITER = """
 import sys
 import numpy as np
-from indexer.query_cache import QueryCache
+from retrieval.search.query_cache import QueryCache
 path, worker, n, max_entries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cache = QueryCache(path, "spec", max_entries=max_entries, timeout=10)
 for i in range(n):
@@ -459,8 +458,8 @@ def test_query_cache_with_concurrent_writer_processes(tmp_path: Path, max_entrie
 def test_concurrent_exporters_leave_one_valid_export(world_tiny_clip_dir: Path, world_encoder, tmp_path: Path) -> None:
     code = """
         import sys
-        from indexer.encoders import load_encoder
-        from indexer.text_tower import ensure_text_tower
+        from indexer.encode.encoders import load_encoder
+        from retrieval.search.text_tower_export import ensure_text_tower
         ensure_text_tower(sys.argv[2], load_encoder("local-dir:" + sys.argv[1], device="cpu"))
         """
     env = env_offline()

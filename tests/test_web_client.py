@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.catalog_models import PhotoFile
+from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.settings import Settings
+from ui.settings import Settings
 from tests.api_support import png_bytes
 from tests.helpers import env_offline, make_library
 from tests.world.generate import UNSAFE_CONCEPT, class_prompt
@@ -263,6 +263,8 @@ import ui.web.client, ui.web.logic, ui.web.models
 print(json.dumps(sorted(sys.modules)))
 """
 HEAVY = ("sqlalchemy", "torch", "faiss", "fastapi", "retrieval", "answerer", "indexer", "ui.api.app", "ui.api.routers")
+# the shared search defaults (one source for the API, CLI and web): an import-free module under docstring-only packages
+LIGHT = ("retrieval", "retrieval.search", "retrieval.search.defaults")
 
 
 def test_web_models_are_the_apis_own_without_its_heavy_imports():
@@ -272,7 +274,8 @@ def test_web_models_are_the_apis_own_without_its_heavy_imports():
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout)
     assert "ui.api.moderation_schemas" in loaded and "ui.api.ask_schemas" in loaded
-    assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)] == []
+    assert "retrieval.search.defaults" in loaded
+    assert [m for m in loaded if m not in LIGHT and any(m == h or m.startswith(h + ".") for h in HEAVY)] == []
 
 
 # ---- the pages, through Streamlit's AppTest ----------------------------------------------------
@@ -382,3 +385,70 @@ def test_indexing_page_starts_a_job_and_shows_its_progress(app_test, writer, wor
     assert not at.exception, at.exception
     bars = at.get("progress")
     assert bars and bars[0].value == 100 and "succeeded" in bars[0].proto.text
+
+
+# ---- against a private server (bound beyond loopback: reads need a key) ------------------------
+@pytest.fixture(scope="module")
+def private_http(world):
+    settings = Settings(collection=world.path, api_host="0.0.0.0")
+    with TestClient(create_app(settings, encoder_loader=lambda s: world.encoder), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def read_key(world):
+    with Collection.open(world.path) as coll:
+        return create_api_key(coll.catalog, "web-read", "read")
+
+
+def test_client_against_a_private_server_with_and_without_a_key(private_http, read_key):
+    anonymous = PhotodexClient(private_http)
+    assert anonymous.health().status == "ok" and anonymous.ready().reads_need_key is True
+    with pytest.raises(ApiError) as err:
+        anonymous.search(class_prompt("red circle"), k=3)
+    assert err.value.status == 401 and err.value.code == "unauthorized" and "--scope read" in err.value.message
+    keyed = PhotodexClient(private_http, read_key)
+    top = keyed.search(class_prompt("red circle"), k=3, collapse=None).results[0]
+    assert keyed.original(top.id) == Path(top.paths[0]).read_bytes()
+    assert keyed.thumbnail(top.id, size=32) and keyed.decisions().offset == 0
+
+
+def test_api_key_from_the_sidebar_else_the_environment():
+    assert logic.api_key(" typed ", {"PHOTODEX_API_KEY": "env"}) == "typed"
+    assert logic.api_key("", {"PHOTODEX_API_KEY": " env "}) == "env"
+    assert logic.api_key(None, {}) is None and logic.api_key("  ", {"PHOTODEX_API_KEY": ""}) is None
+
+
+@pytest.fixture()
+def private_app_test(private_http, monkeypatch):
+    """AppTest of a page against the private app."""
+    streamlit = pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from ui.web import session
+
+    streamlit.cache_data.clear()
+    monkeypatch.delenv("PHOTODEX_API_KEY", raising=False)
+    monkeypatch.setattr(session, "client_for", lambda url, key: PhotodexClient(private_http, key))
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    return lambda page: AppTest.from_function(page, default_timeout=60)
+
+
+def test_search_page_says_a_private_server_wants_a_key_and_works_with_one(private_app_test, read_key, monkeypatch):
+    at = private_app_test(_search_page).run()
+    assert not at.exception, at.exception
+    assert any("needs an API key" in w.value and "--scope read" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+    at.text_input(key="q").input(class_prompt("red circle")).run()
+    assert not at.exception and not at.get("image")
+    at.text_input(key="api_key").input(read_key[:-4] + "AAAA").run()  # a wrong key: refused, and said so
+    assert any("unknown or revoked" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.text_input(key="api_key").input(read_key).run()  # typed into the sidebar
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    shown, total = _showing(at)
+    assert shown == total > 5 and len(at.get("image")) == total
+    monkeypatch.setenv("PHOTODEX_API_KEY", read_key)  # or from the UI's environment (`photodex ui`, compose)
+    at = private_app_test(_search_page).run()
+    at.text_input(key="q").input(class_prompt("red circle")).run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert len(at.get("image")) == _showing(at)[1] > 5

@@ -31,7 +31,7 @@ def clip_encoder(world_tiny_clip_dir: Path):
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.collection import Collection
-from indexer.encoders import Encoder, load_encoder
+from indexer.encode.encoders import Encoder, load_encoder
 from indexer.run import RunOptions, index_paths
 from retrieval.index.store import refresh_index
 from tests.world.generate import WorldSample, write_library

@@ -4,6 +4,7 @@ Packages and modules:
     cli       the photodex command line
     api       the FastAPI service (photodex serve)
     web       the Streamlit app (photodex ui)
+    settings  the one Settings object: every layer's settings part, read from PHOTODEX_*
     context   settings → encoder → collection wiring shared by the CLI and the API
     output    JSON/text output and escaping of names for one-line display
     progress  tqdm progress bars for long runs

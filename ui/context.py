@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.collection import MANIFEST, Collection, read_manifest
-from indexer.settings import Settings
-from indexer.spec import EncoderSpec
+from ui.settings import Settings
+from indexer.core.spec import EncoderSpec
 
 if TYPE_CHECKING:
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
 
 def encoder_choice(settings: Settings) -> tuple[str, str | None]:
@@ -29,7 +29,7 @@ def encoder_choice(settings: Settings) -> tuple[str, str | None]:
 
 
 def load_chosen_encoder(settings: Settings) -> "Encoder":
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     model, pretrained = encoder_choice(settings)
     return load_encoder(model, pretrained, settings.device, settings.precision)
@@ -91,7 +91,8 @@ def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
 def ensure_fast_text_path(coll: Collection, load: Callable[[], "Encoder"]) -> str:
     """Export the collection's text tower once per encoder (writer only). The encoder is loaded only
     when the export is missing or stale; returns "ready", or why text searches use the full model."""
-    from indexer.text_tower import TextTowerError, ensure_text_tower, text_tower_is_current
+    from retrieval.search.text_tower import TextTowerError, text_tower_is_current
+    from retrieval.search.text_tower_export import ensure_text_tower
 
     if text_tower_is_current(coll.path, coll.spec.id):
         return "ready"

@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .recipe import EncoderRecipe
 from .stages import DecodeConfig, EncodeActor, decode_stage, facts_from_json
 
 if TYPE_CHECKING:
     from ..collection import Collection
-    from ..encode_run import BatchHook, EncodeReport
-    from ..progress import Progress
+    from ..encode.run import BatchHook, EncodeReport
+    from ..core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +214,13 @@ def encode_pending_ray(coll: "Collection", encoder: Any, batch_size: int = 64,
                        on_commit: "BatchHook | None" = None, options: RayOptions | None = None) -> "EncodeReport":
     """Encode all pending photos of ``coll`` on Ray; same result and report as ``encode_pending``.
 
-    ``encoder``: a loaded :class:`~indexer.encoders.Encoder` (rebuilt in each actor from its spec),
+    ``encoder``: a loaded :class:`~indexer.encode.encoders.Encoder` (rebuilt in each actor from its spec),
     an :class:`EncoderRecipe`, or a loader (not called: the actors load the collection's encoder).
     Pending photos are read and encoded in windows of ``options.pending_chunk`` (module docstring).
     If a window's pipeline fails because a worker was lost for good (an actor killed without
     restart, a node gone), it is started again for the photos still pending, up to
     ``options.attempts`` times per window."""
-    from .. import pending
+    from ..encode import pending
 
     ok, why = ray_available()
     if not ok:
@@ -267,7 +267,7 @@ def _run_window(coll: "Collection", items: list[tuple[int, bytes]], recipe: Call
                 max_image_pixels: int, options: RayOptions, on_commit: "BatchHook | None", report: "EncodeReport",
                 progress: "Progress | None", total: int) -> None:
     """One pipeline over one window of pending photos, committing each streamed batch."""
-    from ..encode_run import _commit_batch
+    from ..encode.run import _commit_batch
 
     seen: set[int] = set()  # a retried batch repeats rows of this pipeline only
     ds = build_dataset(items, coll.spec, recipe, batch_size, max_image_pixels, options)

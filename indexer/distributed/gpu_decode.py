@@ -1,6 +1,6 @@
 """Batched JPEG decoding on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``), CPU as fallback.
 
-The CPU path (:func:`indexer.decode.decode_photo` + the encoder's preprocess) is the reference; this
+The CPU path (:func:`indexer.encode.decode.decode_photo` + the encoder's preprocess) is the reference; this
 module reproduces it on tensors for the photos nvJPEG handles well, and leaves the rest to it:
 
 * only baseline RGB/greyscale JPEGs go to the GPU (:func:`probe_jpeg`): CMYK/YCCK, progressive,
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..decode import PhotoFacts, read_facts
+from ..encode.decode import PhotoFacts, read_facts
 
 if TYPE_CHECKING:
     import torch

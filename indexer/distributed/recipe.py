@@ -1,6 +1,6 @@
 """How a worker gets its encoder: a small picklable recipe, called inside the worker.
 
-A model is never pickled to a worker (it may be gigabytes, and an :class:`~indexer.encoders.Encoder`
+A model is never pickled to a worker (it may be gigabytes, and an :class:`~indexer.encode.encoders.Encoder`
 holds a lock): each actor loads its own copy from the same weights, and refuses to run if what it
 loaded is not the collection's encoder.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..spec import EncoderSpec
+from ..core.spec import EncoderSpec
 
 if TYPE_CHECKING:
-    from ..encoders import Encoder
+    from ..encode.encoders import Encoder
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EncoderRecipe:
     precision: str = "auto"
 
     def __call__(self) -> "Encoder":
-        from ..encoders import load_encoder
+        from ..encode.encoders import load_encoder
 
         return load_encoder(self.model, self.pretrained, self.device, self.precision)
 

@@ -2,7 +2,7 @@
 
 * :func:`decode_stage` (CPU tasks): photo id + path in; decoded, preprocessed pixels (or, when the
   encode actors decode JPEGs on their GPU, the JPEG's bytes) plus EXIF facts or the error out. It is
-  the local engine's :class:`~indexer.encode_run.PhotoDataset` item by item, so decoding, draft
+  the local engine's :class:`~indexer.encode.run.PhotoDataset` item by item, so decoding, draft
   scaling, EXIF handling, preprocessing and error reasons are the local engine's, unchanged.
 * :class:`EncodeActor` (actor pool, one model per actor, GPU or CPU): pixels in, unit vectors out.
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..decode import DecodeError, PhotoFacts, decode_photo
-from ..errors import EncoderMismatchError
+from ..encode.decode import DecodeError, PhotoFacts, decode_photo
+from ..core.errors import EncoderMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _preprocess(cfg_json: str) -> Callable[..., Any]:
 
 
 def preprocess_for(preprocess: dict[str, Any]) -> Callable[..., Any]:
-    """The same transform :func:`indexer.encoders.load_encoder` gives the encoder, without the model."""
+    """The same transform :func:`indexer.encode.encoders.load_encoder` gives the encoder, without the model."""
     return _preprocess(json.dumps(preprocess, sort_keys=True))
 
 
@@ -86,7 +86,7 @@ def _read(path: bytes) -> bytes | None:
 
 def decode_stage(batch: dict[str, np.ndarray], cfg: DecodeConfig) -> dict[str, np.ndarray]:
     """Decode one batch of (id, path) rows; see the module docstring for the columns."""
-    from ..encode_run import PhotoDataset, configure_decoding
+    from ..encode.run import PhotoDataset, configure_decoding
 
     configure_decoding(cfg.max_image_pixels)
     preprocess = preprocess_for(cfg.preprocess)
@@ -134,7 +134,7 @@ class EncodeActor:
                  gpu_device: str | None = "cuda", torch_threads: int | None = None) -> None:
         import torch
 
-        from ..encode_run import configure_decoding
+        from ..encode.run import configure_decoding
 
         configure_decoding(cfg.max_image_pixels)
         self.cfg = cfg

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.atomic import atomic_write
+from indexer.core.atomic import atomic_write
 
 from .labels import validate_classnames
 from .templates import ensure_templates

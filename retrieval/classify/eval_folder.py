@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.encoders import Encoder
-from indexer.errors import InputError
-from indexer.scan import PHOTO_EXTENSIONS
+from indexer.encode.encoders import Encoder
+from indexer.core.errors import InputError
+from indexer.sync.scan import PHOTO_EXTENSIONS
 
 from .fewshot import evaluate as evaluate_head
 from .fewshot import fit_few_shot

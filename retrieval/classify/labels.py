@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 
 class LabelError(InputError):

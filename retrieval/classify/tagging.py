@@ -3,7 +3,7 @@
 Library tagging reads only stored vectors (no photo is re-read) and replaces the tags of one
 taxonomy in a single transaction, so a later label list cleanly supersedes an earlier one. Like
 search, it leaves out quarantined and blocked photos unless the caller names a moderation value
-(:mod:`retrieval.moderation.visibility`).
+(:mod:`retrieval.visibility`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from indexer.catalog_models import Tag
+from indexer.catalog.models import Tag
 from indexer.collection import Collection
-from indexer.decode import DecodeError, decode_photo
-from indexer.encoders import Encoder
-from indexer.errors import InputError
-from retrieval.moderation.visibility import visible_mask
+from indexer.encode.decode import DecodeError, decode_photo
+from indexer.encode.encoders import Encoder
+from indexer.core.errors import InputError
+from retrieval.visibility import visible_mask
 
 from .cache import ZeroShotCache
 from .labels import validate_classnames

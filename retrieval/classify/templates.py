@@ -19,7 +19,7 @@ import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 __all__ = [
     "TEMPLATE_SET_DIR",

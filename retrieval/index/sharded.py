@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from indexer.atomic import atomic_write_json
+from indexer.core.atomic import atomic_write_json
 from retrieval.scoring import top_k
 
 from .choice import IndexSpec, SearchParams, choose_index_spec

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.atomic import atomic_write_json
+from indexer.core.atomic import atomic_write_json
 from indexer.collection import Collection
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.scoring import top_k
 
 from .choice import SearchParams, choose_index_spec, flat_spec

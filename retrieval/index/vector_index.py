@@ -30,7 +30,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from indexer.atomic import atomic_write_via_path
+from indexer.core.atomic import atomic_write_via_path
 from retrieval.scoring import top_k
 
 from . import persistence

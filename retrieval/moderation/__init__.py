@@ -1,7 +1,8 @@
 """Content moderation from stored vectors: versioned policies, decisions, re-evaluation, calibration.
 
+Its vocabulary and what it hides from search are :mod:`retrieval.outcomes` and :mod:`retrieval.visibility`.
+
 Modules:
-    outcomes    the decision vocabulary (actions, outcomes, which hide a photo), free of pydantic
     policy      the policy file schema (pydantic), its validation and JSON/YAML loading
     store       policy versions in the catalog (set creates a new version; one version active)
     decide      scoring vectors against a policy: per-concept scores, thresholds, review band, special care
@@ -10,6 +11,5 @@ Modules:
     rescan      re-evaluating the whole collection from stored vectors (dry run or real, under the writer lock);
                 the ingest hook that decides freshly encoded photos in the index run's transaction
     calibrate   precision-recall curves from labelled examples, threshold choice, plots, new policy versions
-    visibility  which photos search hides (quarantine, block) and the ``moderation=`` filter condition
     policies/   the shipped starter policy (``starter.json``)
 """

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from indexer.collection import Collection
-from indexer.errors import ConfigError, InputError
-from indexer.scan import ScanProblem, scan
+from indexer.core.errors import ConfigError, InputError
+from indexer.sync.scan import ScanProblem, scan
 
 from .policy import Concept
 from .service import ImageEncoder, check_encoder

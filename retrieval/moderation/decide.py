@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.classify.weights import build_zero_shot_weights
 from retrieval.scoring import l2_normalize
 
-from .outcomes import OUTCOMES
+from ..outcomes import OUTCOMES
 from .policy import Policy, PolicyError
 
 EncodeTexts = Callable[[list[str]], np.ndarray]

@@ -18,12 +18,12 @@ import numpy as np
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from indexer.catalog_models import ModerationDecision, ModerationPolicy, ModerationState, Photo
+from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationState, Photo
 from indexer.collection import Collection
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, DecisionArrays
-from .outcomes import OUTCOMES
+from ..outcomes import OUTCOMES
 
 CHUNK = 500  # rows per statement (bound parameters stay small on every database)
 

@@ -3,7 +3,7 @@
 A policy names concepts; each concept has positive prompts (expanded with a template set into
 a prompt ensemble), optional contrast prompts (the score is then the margin over the best
 contrast), a decision threshold, an optional lower review threshold and an action. Any invalid
-field raises :class:`~indexer.errors.InputError` naming the field.
+field raises :class:`~indexer.core.errors.InputError` naming the field.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.classify.labels import validate_classnames
 from retrieval.classify.templates import ensure_templates
 
-from .outcomes import ACTIONS
+from ..outcomes import ACTIONS
 
 MAX_CONCEPTS = 63  # decisions pack one bit per concept into an int64
 STARTER_POLICY = Path(__file__).resolve().parent / "policies" / "starter.json"

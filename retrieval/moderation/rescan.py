@@ -27,15 +27,15 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.catalog_models import Embedding, ModerationPolicy, ModerationRun, ModerationState
+from indexer.catalog.models import Embedding, ModerationPolicy, ModerationRun, ModerationState
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError, InputError
-from indexer.vectors import VECTOR_DTYPE, decode_vectors, l2_normalize
+from indexer.core.errors import EncoderMismatchError, InputError
+from indexer.core.vectors import VECTOR_DTYPE, decode_vectors, l2_normalize
 from indexer.writer_lock import WriterLock
 
 from .decide import LEVEL_HIT, LEVEL_REVIEW, CompiledPolicy, DecisionArrays
 from .history import CHUNK, concept_masks, refresh_scores, split_names, write_decisions
-from .outcomes import OUTCOMES
+from ..outcomes import OUTCOMES
 from .store import PolicyRecord, record_of, utcnow
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def rescan(coll: Collection, record: PolicyRecord, *, dry_run: bool = False, chu
     without storing anything: store a new version to apply them.
 
     ``lock``: a writer lock the caller already holds; otherwise a real run takes one (refusing
-    with :class:`~indexer.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
+    with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``wait``). A dry run takes none.
     """
     start_time = time.perf_counter()
     if thresholds:

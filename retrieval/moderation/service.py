@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexer.collection import Collection
-from indexer.decode import DecodeError, decode_photo
-from indexer.errors import EncoderMismatchError, InputError
+from indexer.encode.decode import DecodeError, decode_photo
+from indexer.core.errors import EncoderMismatchError, InputError
 
 from .decide import Decision, explain_row
 from .store import PolicyRecord

@@ -17,9 +17,9 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from indexer.catalog_models import ModerationPolicy
+from indexer.catalog.models import ModerationPolicy
 from indexer.collection import Collection
-from indexer.errors import EncoderMismatchError, InputError
+from indexer.core.errors import EncoderMismatchError, InputError
 
 from .decide import CompiledPolicy, build_policy_weights
 from .policy import Policy, PolicyError, parse_policy

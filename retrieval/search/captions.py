@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.catalog_read import rows_for_ids
+from indexer.catalog.read import rows_for_ids
 from indexer.collection import Collection
 
 log = logging.getLogger(__name__)

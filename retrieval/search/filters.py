@@ -9,10 +9,10 @@ from datetime import datetime
 
 import numpy as np
 
-from indexer.catalog_read import sql_datetime
+from indexer.catalog.read import sql_datetime
 from indexer.collection import Collection
-from indexer.errors import InputError
-from indexer.photo_status import INDEXED
+from indexer.core.errors import InputError
+from indexer.catalog.status import INDEXED
 
 
 class FilterError(InputError):
@@ -31,7 +31,7 @@ class SearchFilters:
     has_gps: bool | None = None
     file_type: str | None = None  # jpeg, png, heif, ...
     tags: list[str] = field(default_factory=list)  # all must be present
-    moderation: str | None = None  # allow, review, flag, quarantine, block or "any" (retrieval.moderation.visibility)
+    moderation: str | None = None  # allow, review, flag, quarantine, block or "any" (retrieval.visibility)
 
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) in (None, []) for f in fields(self))
@@ -99,7 +99,7 @@ def allowed_ids(coll: Collection, filters: SearchFilters | None) -> np.ndarray |
     """Ids of indexed photos matching ``filters``; ``None`` when nothing is filtered."""
     if filters is None or filters.is_empty():
         return None
-    from retrieval.moderation.visibility import moderation_condition
+    from retrieval.visibility import moderation_condition
 
     read = coll.reader
     cond, params = ["photos.status = :status"], {"status": INDEXED}

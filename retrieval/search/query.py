@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 
 class QueryError(InputError):

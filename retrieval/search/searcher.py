@@ -12,26 +12,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from indexer.catalog_read import as_datetime, rows_for_ids, scalar
+from indexer.catalog.read import as_datetime, rows_for_ids, scalar
 from indexer.collection import Collection
-from indexer.errors import InputError
-from indexer.vectors import decode_vectors
+from indexer.core.errors import InputError
+from indexer.core.vectors import decode_vectors
 from retrieval.index.choice import SearchParams
 from retrieval.index.store import SearchableIndex, open_index
-from retrieval.moderation.visibility import hidden_ids
+from retrieval.visibility import hidden_ids
 
 from .collapse import collapse_groups
+from .defaults import DEFAULT_CAPTION_WEIGHT, DEFAULT_COLLAPSE
 from .filters import SearchFilters, allowed_ids
 from .query import query_vector
 
 if TYPE_CHECKING:
-    from indexer.encoders import Encoder
+    from indexer.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COLLAPSE = 0.95
 MAX_K = 10_000
-DEFAULT_CAPTION_WEIGHT = 0.1  # about the spread of CLIP cosines among a real model's top results
 MAX_CAPTION_WEIGHT = 10.0
 MAX_FETCH_GROWTH = 3  # extra over-fetch rounds (x2 to x4 each) when collapse or filters thin the results
 
@@ -127,7 +126,7 @@ class Searcher:
             stored = self._stored_vector_for_path(path)
             if stored is not None:
                 return stored
-        from indexer.decode import DecodeError, decode_photo
+        from indexer.encode.decode import DecodeError, decode_photo
 
         try:
             if data is not None:

@@ -1,8 +1,8 @@
 """The fast text path: query vectors without torch or the vision tower.
 
 For a text search on a collection whose encoder was not chosen explicitly, query texts are
-encoded by, in order: the collection's query-vector cache (``indexer.query_cache``), the text
-tower exported into the collection (``indexer.text_tower``, ONNX Runtime, no torch), and only
+encoded by, in order: the collection's query-vector cache (``retrieval.search.query_cache``), the text
+tower exported into the collection (``retrieval.search.text_tower``, ONNX Runtime, no torch), and only
 then the full open_clip model (loaded lazily). The export is written by the collection's writer
 (``photodex index`` / ``photodex reindex``); a search never writes it, so read-only collections
 work and a search never waits for an export.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.spec import EncoderSpec
+from indexer.core.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,14 @@ class FastTextEncoder:
 
     def _query_cache(self) -> Any:
         if self._cache is None:
-            from indexer.query_cache import open_query_cache
+            from retrieval.search.query_cache import open_query_cache
 
             self._cache = open_query_cache(self.collection_path, self.spec.id)
         return self._cache
 
     def _text_tower(self) -> Any:
         if not self._tower_checked:
-            from indexer.text_tower import try_load_text_tower
+            from retrieval.search.text_tower import try_load_text_tower
 
             self._tower = try_load_text_tower(self.collection_path, self.spec.id, prepack=self._prepack)
             self._tower_checked = True

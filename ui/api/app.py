@@ -21,13 +21,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from indexer.settings import Settings, get_settings
+from ui.settings import Settings, get_settings
 
+from .access import read_rule
 from .errors import install_error_handlers
 from .jobs import Runner
 from .metrics import Metrics, MetricsMiddleware
 from .routers import ask, classify, index_jobs, keys, moderation, photos, search, system
 from .runtime import EncoderLoader, open_runtime
+from .throttle import KeyThrottle
 from .uploads import BodySizeLimit
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def create_app(settings: Settings | None = None, *, encoder_loader: EncoderLoade
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
+    app.state.read_rule = read_rule(settings)  # private beyond loopback unless explicitly opened
+    app.state.key_throttle = KeyThrottle(settings.api_max_failed_keys_per_minute)
     install_error_handlers(app)
     for module in ROUTER_MODULES:
         app.include_router(module.router, prefix=API_PREFIX)

@@ -1,7 +1,7 @@
 """The one error shape ``{"error": {"code", "message", "detail"}}`` and the handlers that make it.
 
 Mapping (once, here): :class:`ApiError` → its status; photodex's error family
-(:mod:`indexer.errors`): ``WriterBusyError`` → 409, ``DecodeError`` → 422 ``undecodable_image``,
+(:mod:`indexer.core.errors`): ``WriterBusyError`` → 409, ``DecodeError`` → 422 ``undecodable_image``,
 ``InputError`` → 422 ``invalid_input``, ``ConfigError`` → 500 ``config_error``; HTTP errors (404,
 405, 413, ...) → their status; request validation → 422 ``validation_error`` (400 ``invalid_json``
 for a body that is not JSON); anything else → 500 ``internal_error``, logged with its traceback
@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.decode import DecodeError
-from indexer.errors import ConfigError, InputError, PhotodexError, WriterBusyError
+from indexer.encode.decode import DecodeError
+from indexer.core.errors import ConfigError, InputError, PhotodexError, WriterBusyError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ _DESCRIPTIONS = {400: "Bad request (e.g. a body that is not JSON)", 401: "Missin
                  409: "Conflict (the collection's writer lock is held, or the job has finished)",
                  413: "Request body or upload too large", 415: "Upload is not an image",
                  422: "Invalid request (validation, bad filter, too many pixels, undecodable image)",
+                 429: "Too many refused API keys from this address (see Retry-After)",
                  503: "Not ready"}
 
 

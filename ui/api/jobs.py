@@ -2,7 +2,7 @@
 
 A job is started only under a configured library root (``PHOTODEX_API_LIBRARY_ROOTS``), its scan
 skips (and counts) every symlinked file or folder that resolves outside those roots, and it is started only
-when the writer lock is free (:class:`~indexer.errors.WriterBusyError`, i.e. 409, otherwise — the
+when the writer lock is free (:class:`~indexer.core.errors.WriterBusyError`, i.e. 409, otherwise — the
 lock is taken before the job is accepted, so the answer is immediate and holds across processes).
 Cancellation is checked in the progress callback, which raises :class:`JobCancelled`; the run is
 resumable, so a cancelled job loses nothing that was committed. Job records live in this process's
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.errors import PhotodexError
+from indexer.core.errors import PhotodexError
 from ui.context import ingest_hook
 from indexer.run import RunOptions
 
@@ -30,7 +30,7 @@ from .errors import ApiError, not_found
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
-    from indexer.settings import Settings
+    from ui.settings import Settings
 
     from .metrics import Metrics
 

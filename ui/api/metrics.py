@@ -31,6 +31,9 @@ class Metrics:
                                  ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.search = Histogram("photodex_search_seconds", "Vector search incl. filters, collapse and hydration",
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.key_refusals = Counter("photodex_api_key_refusals", "Requests refused for their API key: 401 (missing or "
+                                    "unknown key) and 429 (too many refused keys from the address)",
+                                    ["status", "reason"], registry=self.registry)
         self.jobs_running = Gauge("photodex_index_jobs_running", "Index jobs running in this process",
                                   registry=self.registry)
 

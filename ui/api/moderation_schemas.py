@@ -1,7 +1,8 @@
 """Response models of the moderation routes (``ui/api/routers/moderation.py``).
 
 Plain pydantic, so the web client reads the same shapes without importing the moderation code;
-the request models stay with the routes (they validate with the policy model itself).
+the request models stay with the routes (they validate with the policy model itself). Each model has exactly
+the keys of the domain object's ``to_dict()`` it is validated from (``tests/test_api_shapes.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-# retrieval.moderation.outcomes.OUTCOMES, spelled out for type checkers (a test keeps them equal)
+# retrieval.outcomes.OUTCOMES, spelled out for type checkers (a test keeps them equal)
 Outcome = Literal["allow", "review", "flag", "quarantine", "block"]
 
 

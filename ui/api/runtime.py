@@ -17,8 +17,8 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.priority import ServingMark
-from indexer.settings import Settings
 from retrieval.index.loader import IndexLoader, one_blas_thread
+from ui.settings import Settings
 from retrieval.search.searcher import Searcher
 
 from .batcher import EncoderBatcher

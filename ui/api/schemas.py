@@ -1,7 +1,7 @@
 """Request and response models of the API (separate, named, documented in the OpenAPI document).
 
 Moderation and answering responses are in :mod:`.moderation_schemas` and :mod:`.ask_schemas`. These
-modules import only pydantic, so the web client reads the API with them without loading the server.
+modules import only pydantic (and the import-free search defaults), so the web client reads the API with them without loading the server.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from retrieval.search.defaults import DEFAULT_COLLAPSE
+
 MAX_K = 1000
-DEFAULT_COLLAPSE = 0.95
 
 
 class _Request(BaseModel):
@@ -70,6 +71,7 @@ class SearchRequest(_Request):
         "in [0, 1]); omitted or null: CLIP only"))
 
 
+# the fields of retrieval.search.searcher.HybridHit (kept equal by tests/test_api_shapes.py)
 class SearchHitOut(BaseModel):
     id: int
     score: float
@@ -192,6 +194,8 @@ class ReadyOut(BaseModel):
     collection: str
     encoder: str
     vectors: int
+    reads_need_key: bool = Field(default=False, description="read routes need an X-API-Key (scope read) "
+                                 "for this request: the server listens beyond loopback or was told to")
 
 
 class ApiKeyOut(BaseModel):

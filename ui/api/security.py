@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from indexer.catalog import Catalog
-from indexer.catalog_models import ApiKey
-from indexer.errors import InputError
+from indexer.catalog.engine import Catalog
+from indexer.catalog.models import ApiKey
+from indexer.core.errors import InputError
 
 SCOPES: tuple[str, ...] = ("read", "write", "admin")
 KEY_PREFIX = "pdx_"

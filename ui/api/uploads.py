@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.decode import RAWPY_MISSING, DecodeError, camera_raw_format, camera_raw_size
+from indexer.encode.decode import RAWPY_MISSING, DecodeError, camera_raw_format, camera_raw_size
 
 from .errors import ApiError, error_response
 

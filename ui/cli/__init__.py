@@ -2,12 +2,12 @@
 
 Modules:
     app       the parser (registers each command module) and the one error-to-exit-code mapping
-    common    shared options and settings from flags + environment
+    common    the shared option groups (defined once) and settings from flags + environment
     indexing  index, reindex, info
     search    search, similar
     classify  classify, tags, eval zeroshot
     moderation  policy, moderate, calibrate, decisions
-    answer    ask, caption, rerank
+    answer    ask, caption, rerank, eval pope
     serve     serve (the API), apikey
     web       ui (the Streamlit app)
 """

@@ -7,13 +7,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
+from .common import EXIT_OK, Subparsers, settings_from, shared_options
 
 if TYPE_CHECKING:
-    from indexer.settings import Settings
+    from ui.settings import Settings
 
 STRATEGIES = ("auto", "joint", "per-photo")
 
@@ -113,11 +113,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
         return _caption_all(args, settings, filters)
     prompt = args.prompt or settings.vlm_caption_prompt
     if args.image is not None:
-        from indexer.decode import decode_photo
+        from indexer.encode.decode import decode_photo
 
         if not os.path.isfile(args.image):
             raise InputError(f"image not found (or not a regular file): {args.image}")
-        from indexer.decode import DecodeError
+        from indexer.encode.decode import DecodeError
 
         try:
             img, _ = decode_photo(args.image, settings.vlm_max_image_side)
@@ -203,7 +203,7 @@ def _photo_paths(settings: Settings) -> Any:
     def lookup(ids: list[int]) -> dict[int, str]:
         from sqlalchemy import select
 
-        from indexer.catalog_models import PhotoFile
+        from indexer.catalog.models import PhotoFile
 
         from .common import open_collection
 
@@ -248,15 +248,14 @@ def cmd_eval_pope(args: argparse.Namespace) -> int:
 
 def register_pope(ev: Subparsers) -> None:
     """``photodex eval pope`` (registered by :func:`ui.cli.classify.register` under ``eval``)."""
-    p = ev.add_parser("pope", help="POPE object-hallucination yes/no evaluation of the VLM")
+    p = ev.add_parser("pope", help="POPE object-hallucination yes/no evaluation of the VLM",
+                      parents=shared_options(model=True))
     p.add_argument("file", help="POPE JSON lines: image (path or photo id), text (yes/no question), label")
     p.add_argument("--image-root", help="folder that relative image paths are under (default: the file's folder)")
     p.add_argument("--batch-size", type=int, default=16, dest="pope_batch",  # not the encoder's --batch-size setting
                    help="questions per generate (default 16)")
     p.add_argument("--answers", action="store_true", help="with --json: include every per-question answer")
     _vlm_args(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_eval_pope)
 
 
@@ -267,7 +266,8 @@ def _vlm_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Subparsers) -> None:
     """Register the answering commands."""
-    p = sub.add_parser("ask", help="answer a question from the photos (retrieval + VLM, with citations)")
+    p = sub.add_parser("ask", help="answer a question from the photos (retrieval + VLM, with citations)",
+                       parents=shared_options(model=True))
     p.add_argument("question")
     p.add_argument("--id", type=int, help="ask about this one photo instead of retrieving")
     p.add_argument("-k", type=int, default=5, help="photos to retrieve (default 5)")
@@ -279,12 +279,10 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--query", help="retrieval text (default: derived from the question)")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     _vlm_args(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("caption", help="describe an image file or catalogued photo with the VLM, or caption "
-                       "the whole collection (--all) for hybrid search")
+                       "the whole collection (--all) for hybrid search", parents=shared_options(model=True))
     p.add_argument("image", nargs="?", help="image file")
     p.add_argument("--id", type=int, help="id of a photo in the collection")
     p.add_argument("--all", action="store_true", help="caption every indexed photo and store the captions "
@@ -297,11 +295,10 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--wait", action="store_true", help="with --all: wait for the writer lock instead of exiting")
     p.add_argument("--prompt", help="instruction (default: $PHOTODEX_VLM_CAPTION_PROMPT)")
     _vlm_args(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_caption)
 
-    p = sub.add_parser("rerank", help="text search, re-ranked by the VLM's yes/no judgement of each candidate")
+    p = sub.add_parser("rerank", help="text search, re-ranked by the VLM's yes/no judgement of each candidate",
+                       parents=shared_options(model=True))
     p.add_argument("text")
     p.add_argument("-k", type=int, default=20, help="results to return (default 20)")
     p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
@@ -309,6 +306,4 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--rerank-template", help="question with {query} (default: $PHOTODEX_VLM_RERANK_TEMPLATE)")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE")
     _vlm_args(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_rerank)

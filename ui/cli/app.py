@@ -1,6 +1,6 @@
 """The ``photodex`` command line: builds the parser from each command module and maps errors once.
 
-Exit codes: 0 success; 2 a :class:`~indexer.errors.PhotodexError` (bad input, configuration,
+Exit codes: 0 success; 2 a :class:`~indexer.core.errors.PhotodexError` (bad input, configuration,
 busy writer) printed as one line; 130 interrupted; 1 with a traceback for anything else (a bug).
 """
 
@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from indexer.errors import PhotodexError
+from indexer.core.errors import PhotodexError
 
 from . import answer, classify, indexing, moderation, search, serve, web
 from .common import EXIT_USAGE

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
-from .common import Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import Subparsers, open_collection, settings_from, shared_options
 
 
 def _labels(args: argparse.Namespace) -> list[str]:
@@ -139,7 +139,8 @@ def _label_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Subparsers) -> None:
     """Register classification commands."""
-    p = sub.add_parser("classify", help="zero-shot classify images, or tag the whole collection (--all)")
+    p = sub.add_parser("classify", help="zero-shot classify images, or tag the whole collection (--all)",
+                       parents=shared_options(model=True))
     p.add_argument("images", nargs="*", help="image files to classify")
     p.add_argument("--all", action="store_true", help="tag every photo of the collection from stored vectors")
     _label_args(p)
@@ -152,24 +153,20 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--moderation", metavar="VALUE",
                    help="with --all: tag only photos the search filter moderation=VALUE selects (allow, review, "
                         "flag, quarantine, block; any = every photo); by default quarantined and blocked are skipped")
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("tags", help="label counts of stored tags")
+    p = sub.add_parser("tags", parents=shared_options(), help="label counts of stored tags")
     p.add_argument("--taxonomy")
-    add_common(p)
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("eval", help="evaluate classifiers")
     ev = p.add_subparsers(dest="what", required=True)
-    z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) accuracy on an ImageFolder layout")
+    z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) accuracy on an ImageFolder layout",
+                      parents=shared_options(model=True))
     z.add_argument("folder")
     z.add_argument("--templates", default="photos")
     z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
     z.add_argument("--seed", type=int, default=0)
-    add_common(z)
-    add_model_args(z)
     z.set_defaults(func=cmd_eval_zeroshot)
 
     from .answer import register_pope

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
-    from indexer.settings import Settings
+    from ui.settings import Settings
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -17,7 +18,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the command's explicit flags on top.
 
     ``Settings.model_fields_set`` then says which fields were given (flag or ``PHOTODEX_*``)."""
-    from indexer.settings import get_settings  # pydantic-settings: ~0.1-0.2 s, not needed for --help
+    from ui.settings import get_settings  # pydantic-settings: ~0.1-0.2 s, not needed for --help
 
     return get_settings(
         collection=getattr(args, "collection", None),
@@ -30,17 +31,32 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collection", help="collection folder (default: $PHOTODEX_COLLECTION)")
     p.add_argument("--database-url", help="SQLAlchemy URL of the catalog (default: SQLite in the collection)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="open_clip model name, hf-hub:ORG/REPO or local-dir:PATH")
     p.add_argument("--pretrained", help="pretrained tag or path to a weights file ('none' for random init)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+@functools.cache
+def _options_parser(model: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    _common_options(p)
+    if model:
+        _model_options(p)
+    return p
+
+
+def shared_options(model: bool = False) -> list[argparse.ArgumentParser]:
+    """``parents=`` for a command's ``add_parser``: the options every command takes (collection, catalog URL,
+    ``--json``, ``-v``) and, with ``model``, the encoder choice; defined once here."""
+    return [_options_parser(model)]
 
 
 def open_collection(settings: Settings) -> "Collection":

@@ -7,7 +7,7 @@ from typing import Any
 
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_options
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -138,10 +138,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("index", help="index photo folders into the collection (incremental, resumable)")
+    p = sub.add_parser("index", help="index photo folders into the collection (incremental, resumable)",
+                       parents=shared_options(model=True))
     p.add_argument("paths", nargs="+", help="folders or files to index")
-    add_common(p)
-    add_model_args(p)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="decode worker processes")
     p.add_argument("--include", action="append", help="glob of files to include (repeatable)")
@@ -162,15 +161,14 @@ def register(sub: Subparsers) -> None:
     _add_nice(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)")
-    add_common(p)
+    p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)",
+                       parents=shared_options())
     p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
     _add_shards(p)
     _add_nice(p)
     p.set_defaults(func=cmd_reindex)
 
-    p = sub.add_parser("info", help="what the collection holds")
-    add_common(p)
+    p = sub.add_parser("info", parents=shared_options(), help="what the collection holds")
     p.add_argument("--errors", action="store_true", help="list every file that could not be indexed and why")
     p.set_defaults(func=cmd_info)

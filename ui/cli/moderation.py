@@ -6,10 +6,10 @@ import argparse
 import os
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_options
 
 
 def _policy_file(arg: str) -> Any:
@@ -214,34 +214,33 @@ def register(sub: Subparsers) -> None:
     """Register moderation commands."""
     p = sub.add_parser("policy", help="moderation policies: set (new version), show, list, activate")
     ps = p.add_subparsers(dest="what", required=True)
-    s = ps.add_parser("set", help="store a policy file (JSON/YAML) as a new version; 'starter' for the shipped one")
+    s = ps.add_parser("set", help="store a policy file (JSON/YAML) as a new version; 'starter' for the shipped one",
+                      parents=shared_options(model=True))
     s.add_argument("file")
     s.add_argument("--activate", action="store_true", help="make the new version the active policy")
-    add_model_args(s)
-    s = ps.add_parser("show", help="one policy version (default: the active one)")
+    s = ps.add_parser("show", parents=shared_options(), help="one policy version (default: the active one)")
     s.add_argument("name", nargs="?")
     s.add_argument("--version", type=int)
-    s = ps.add_parser("list", help="every stored policy version (* marks the active one)")
-    s = ps.add_parser("activate", help="make NAME at --version N the active policy")
+    s = ps.add_parser("list", parents=shared_options(), help="every stored policy version (* marks the active one)")
+    s = ps.add_parser("activate", parents=shared_options(), help="make NAME at --version N the active policy")
     s.add_argument("name")
     s.add_argument("version", nargs="?", type=int)
     s.add_argument("--version", dest="version_opt", type=int)
     for q in ps.choices.values():
-        add_common(q)
         q.set_defaults(func=cmd_policy)
 
-    p = sub.add_parser("moderate", help="moderation decisions for images, photo ids, or the whole collection (--all)")
+    p = sub.add_parser("moderate", help="moderation decisions for images, photo ids, or the whole collection (--all)",
+                       parents=shared_options(model=True))
     p.add_argument("images", nargs="*", help="image files to check (nothing is stored)")
     p.add_argument("--id", dest="ids", type=int, action="append", default=[], help="a catalogued photo id (repeatable)")
     p.add_argument("--all", action="store_true", help="re-evaluate every photo from stored vectors and store changes")
     p.add_argument("--dry-run", action="store_true", help="with --all: report what would change, write nothing")
     p.add_argument("--wait", action="store_true", help="with --all: wait for another writer instead of refusing")
     _policy_choice(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_moderate)
 
-    p = sub.add_parser("calibrate", help="choose a concept's threshold from labelled examples (precision-recall)")
+    p = sub.add_parser("calibrate", help="choose a concept's threshold from labelled examples (precision-recall)",
+                       parents=shared_options(model=True))
     p.add_argument("concept")
     p.add_argument("--positives", nargs="+", metavar="PATH", help="image files or folders showing the concept")
     p.add_argument("--negatives", nargs="+", metavar="PATH", help="image files or folders not showing it")
@@ -254,14 +253,12 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--write", action="store_true", help="store the threshold and curve as a new policy version")
     p.add_argument("--activate", action="store_true", help="with --write: make the new version active")
     _policy_choice(p)
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("decisions", help="stored moderation decisions (current; --history for earlier ones)")
+    p = sub.add_parser("decisions", help="stored moderation decisions (current; --history for earlier ones)",
+                       parents=shared_options())
     p.add_argument("--id", type=int, help="one photo id")
     p.add_argument("--action", help="allow, review, flag, quarantine or block")
     p.add_argument("--history", action="store_true", help="include each photo's earlier decisions")
     p.add_argument("--limit", type=int)
-    add_common(p)
     p.set_defaults(func=cmd_decisions)

@@ -8,13 +8,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
+from retrieval.search.defaults import DEFAULT_CAPTION_WEIGHT, DEFAULT_COLLAPSE
 from ui.output import emit, printable
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, settings_from
-
-DEFAULT_COLLAPSE = 0.95  # retrieval.search.searcher.DEFAULT_COLLAPSE, repeated so --help imports nothing heavy
-DEFAULT_CAPTION_WEIGHT = 0.1  # retrieval.search.searcher.DEFAULT_CAPTION_WEIGHT, likewise
+from .common import EXIT_OK, Subparsers, settings_from, shared_options
 
 
 def _hits_text(hits: list[dict[str, Any]]) -> str:
@@ -105,10 +103,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("search", help="find photos by text, e.g. 'beach +sunset -people'")
+    p = sub.add_parser("search", help="find photos by text, e.g. 'beach +sunset -people'",
+                       parents=shared_options(model=True))
     p.add_argument("text")
-    add_common(p)
-    add_model_args(p)
     _search_args(p)
     p.add_argument("--rerank", action="store_true", help="re-score the top --rerank-k results with the VLM")
     p.add_argument("--rerank-k", type=int, default=50, help="candidates re-scored by the VLM (default 50)")
@@ -119,10 +116,9 @@ def register(sub: Subparsers) -> None:
                    help=f"weight W of the caption match, in [0, 10] (default {DEFAULT_CAPTION_WEIGHT}; implies --captions)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id")
+    p = sub.add_parser("similar", help="find photos like an image file or a catalogued photo id",
+                       parents=shared_options(model=True))
     p.add_argument("image", nargs="?", help="path of the query image")
     p.add_argument("--id", type=int, help="id of a photo in the collection")
-    add_common(p)
-    add_model_args(p)
     _search_args(p)
     p.set_defaults(func=cmd_similar)

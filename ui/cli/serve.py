@@ -8,11 +8,12 @@ import sys
 
 from ui.output import emit
 
-from .common import EXIT_OK, Subparsers, add_common, add_model_args, open_collection, settings_from
+from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_options
 
 # flag → setting, handed to the server (and to every worker process) through the environment
 _ENV_FLAGS = {"collection": "PHOTODEX_COLLECTION", "database_url": "PHOTODEX_DATABASE_URL",
               "model": "PHOTODEX_MODEL", "pretrained": "PHOTODEX_PRETRAINED", "device": "PHOTODEX_DEVICE"}
+HOST_ENV = "PHOTODEX_API_HOST"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag, None)
         if value is not None:
             os.environ[env] = str(value)
+    os.environ[HOST_ENV] = args.host  # the address bound below decides whether reads need a key (ui.api.access)
     settings_from(args)  # validate the settings before starting the server
     level = ["warning", "info", "debug"][min(args.verbose, 2)]
     uvicorn.run("ui.api.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
@@ -63,26 +65,25 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("serve", help="serve the HTTP API (uvicorn); see /docs for the OpenAPI document")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p = sub.add_parser("serve", help="serve the HTTP API (uvicorn); see /docs for the OpenAPI document",
+                       parents=shared_options(model=True))
+    p.add_argument("--host", default=os.environ.get(HOST_ENV, "127.0.0.1"),
+                   help=f"address to bind (default ${HOST_ENV} or 127.0.0.1: this machine only); beyond loopback "
+                        "(0.0.0.0, ::, a LAN address) reads need an API key of scope read")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (use a PostgreSQL catalog, PHOTODEX_DATABASE_URL, for more than one)")
-    add_common(p)
-    add_model_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("apikey", help="API keys of the HTTP API")
     keys = p.add_subparsers(dest="apikey_command", required=True)
-    c = keys.add_parser("create", help="create a key; it is printed once and stored only as its sha256")
+    c = keys.add_parser("create", help="create a key; it is printed once and stored only as its sha256",
+                        parents=shared_options())
     c.add_argument("name")
     c.add_argument("--scope", choices=["read", "write", "admin"], default="read")
-    add_common(c)
     c.set_defaults(func=cmd_apikey_create)
-    ls = keys.add_parser("list", help="names, scopes and prefixes of the keys")
-    add_common(ls)
+    ls = keys.add_parser("list", parents=shared_options(), help="names, scopes and prefixes of the keys")
     ls.set_defaults(func=cmd_apikey_list)
-    rv = keys.add_parser("revoke", help="delete a key")
+    rv = keys.add_parser("revoke", parents=shared_options(), help="delete a key")
     rv.add_argument("name")
-    add_common(rv)
     rv.set_defaults(func=cmd_apikey_revoke)

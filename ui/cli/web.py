@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 from .common import Subparsers
 
@@ -49,7 +49,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("ui", help="the web UI (Streamlit) for a running `photodex serve`")
+    p = sub.add_parser("ui", help="the web UI (Streamlit) for a running `photodex serve`",
+                       description="The web UI for a running `photodex serve`. It sends the key typed into its "
+                                   "sidebar, else $PHOTODEX_API_KEY (a read key: a server listening beyond "
+                                   "loopback wants one for every read).")
     p.add_argument("--api", default=os.environ.get(API_URL_ENV, DEFAULT_API_URL),
                    help=f"base URL of the photodex API (default: ${API_URL_ENV} or {DEFAULT_API_URL})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -1,7 +1,7 @@
 """The photodex web app (Streamlit): ``photodex ui [--api URL]`` or ``streamlit run ui/web/app.py -- --api URL``.
 
 It talks to the photodex API only (``ui.web.client``); the API's URL is fixed when the app starts
-(``--api`` or ``PHOTODEX_API_URL``) and the API key is typed into the sidebar.
+(``--api`` or ``PHOTODEX_API_URL``) and the API key is typed into the sidebar (else ``PHOTODEX_API_KEY``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from retrieval.search.defaults import DEFAULT_COLLAPSE
+
 # the API's own models, plain pydantic: importing them loads no model, catalog or server code
 from ui.api.ask_schemas import AskResponse
 from ui.api.moderation_schemas import CalibrationOut, DecisionPage, ModerationDecisionOut, RescanReportOut
@@ -35,7 +37,6 @@ from .models import PolicyBody, PolicyVersion
 API = "/api/v1"
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_COLLAPSE = 0.95
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -16,6 +16,7 @@ from typing import Any
 from ui.api.schemas import SearchFiltersIn, SearchHitOut
 
 API_URL_ENV = "PHOTODEX_API_URL"
+API_KEY_ENV = "PHOTODEX_API_KEY"  # the UI server's own key, sent when the sidebar's field is empty
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 FILE_TYPES = ("", "jpeg", "png", "webp", "gif", "bmp", "tiff", "heif")
 _MD_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$:")
@@ -30,6 +31,12 @@ def api_url(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> st
     env = os.environ if environ is None else environ
     url = known.api or env.get(API_URL_ENV) or DEFAULT_API_URL
     return url.rstrip("/")
+
+
+def api_key(typed: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The key to send: the one typed into the sidebar, else ``$PHOTODEX_API_KEY``, else none."""
+    env = os.environ if environ is None else environ
+    return (typed or "").strip() or env.get(API_KEY_ENV, "").strip() or None
 
 
 def build_filters(*, taken_after: date | None = None, taken_before: date | None = None, path: str = "",

@@ -1,4 +1,4 @@
-"""The API connection of a browser session: its URL, the API key from the sidebar, a cached client.
+"""The API connection of a browser session: its URL, the API key (sidebar, else ``$PHOTODEX_API_KEY``), a cached client.
 
 Clients are shared per (URL, key) across sessions (``st.cache_resource``); thumbnails and search
 answers are cached briefly (``st.cache_data``) so moving a slider does not ask the server again.
@@ -13,6 +13,7 @@ import streamlit as st
 from ui.api.schemas import ReadyOut, SearchFiltersIn, SearchResponse
 
 from .client import PhotodexClient
+from .logic import api_key as resolve_api_key
 from .logic import api_url as resolve_api_url
 
 THUMB_SIZE = 256
@@ -25,7 +26,13 @@ def api_url() -> str:
 
 
 def api_key() -> str | None:
-    return (st.session_state.get(KEY_STATE) or "").strip() or None
+    """The key typed into the sidebar, else the UI server's ``$PHOTODEX_API_KEY``."""
+    return resolve_api_key(st.session_state.get(KEY_STATE))
+
+
+def typed_key() -> bool:
+    """Whether the key in use was typed into the sidebar (not taken from the environment)."""
+    return bool((st.session_state.get(KEY_STATE) or "").strip())
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

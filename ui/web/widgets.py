@@ -11,22 +11,29 @@ from ui.api.schemas import SearchFiltersIn, SearchHitOut
 
 from . import session
 from .client import ApiError, NotAvailable
-from .logic import FILE_TYPES, MODERATION_VALUES, build_filters, caption, md_escape
+from .logic import API_KEY_ENV, FILE_TYPES, MODERATION_VALUES, build_filters, caption, md_escape
 
 
 def connection_sidebar() -> None:
-    """API URL (fixed at start), the API-key field and the server's readiness, in the sidebar."""
+    """API URL (fixed at start), the API-key field, the server's readiness and whether it wants a key."""
     with st.sidebar:
         st.text_input("API key", type="password", key=session.KEY_STATE,
-                      help="X-API-Key sent with every request (`photodex apikey create NAME --scope write`). "
-                           "Needed for indexing and applying moderation changes, and for reading when the "
-                           "server requires keys for reads.")
+                      help=f"X-API-Key sent with every request (`photodex apikey create NAME --scope write`); "
+                           f"empty: the UI server's ${API_KEY_ENV}, if set. Needed for indexing and applying "
+                           "moderation changes, and for reading when the server listens beyond loopback.")
+        if session.api_key() and not session.typed_key():
+            st.caption(f"Using the API key from ${API_KEY_ENV}.")
         try:
             ready = session.ready()
             st.caption(f"API {session.api_url()} · {ready.vectors} photos · encoder `{ready.encoder}`")
         except ApiError as exc:
             st.caption(f"API {session.api_url()}")
             show_error(exc)
+            return
+        if ready.reads_need_key and not session.api_key():
+            st.warning(f"This server needs an API key for reads (it listens beyond loopback, or was told to). "
+                       f"Enter one above (`photodex apikey create NAME --scope read`) or start the UI with "
+                       f"${API_KEY_ENV} set.")
 
 
 def filters_sidebar() -> SearchFiltersIn | None:
@@ -63,6 +70,8 @@ def show_error(exc: ApiError, what: str = "") -> None:
         st.error(f"{prefix}{exc.message}")
     elif exc.status in (401, 403):
         st.warning(f"{prefix}{exc.message}. Enter an API key with enough scope in the sidebar.")
+    elif exc.status == 429:
+        st.warning(f"{prefix}{exc.message}. Check the API key in the sidebar.")
     else:
         st.error(f"{prefix}{exc.message} ({exc.code})")
 

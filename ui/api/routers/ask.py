@@ -34,13 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions, AskResult, AskStream, photo_hit
 from answerer.vlm import VLM, VLMLoadError, shared_vlm
-from indexer.errors import InputError
-from indexer.settings import Settings
+from indexer.core.errors import InputError
+from retrieval.search.defaults import DEFAULT_COLLAPSE
+from ui.settings import Settings
 
 from ..ask_schemas import AskResponse
 from ..deps import ReadAccess, RuntimeDep, SettingsDep
 from ..errors import ApiError, responses
-from ..schemas import DEFAULT_COLLAPSE, SearchFiltersIn
+from ..schemas import SearchFiltersIn
 from .photos import load_catalogued, open_catalogued
 from .search import _require_photo, filters_from
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 from retrieval.classify.tagging import list_tags
 from retrieval.classify.templates import list_template_sets
 

@@ -20,15 +20,14 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
-
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
 
-from indexer.catalog_models import ModerationPolicy
+from indexer.catalog.models import ModerationPolicy
 from indexer.collection import Collection
-from indexer.decode import DecodeError, decode_photo
-from indexer.errors import EncoderMismatchError, InputError
+from indexer.core.errors import EncoderMismatchError, InputError
+from indexer.encode.decode import DecodeError, decode_photo
 from retrieval.classify.templates import list_template_sets
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
@@ -37,7 +36,7 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import check_encoder, decide_vectors, moderate_bytes, moderate_ids
 from retrieval.moderation.store import PolicyRecord, activate_policy, get_policy, list_policies, save_policy
 
-from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, SettingsDep, WriteAccess, require_write
+from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, WriteAccess, require_write
 from ..errors import ApiError, responses
 from ..batcher import encode_each
 from ..moderation_schemas import (
@@ -321,13 +320,13 @@ def decisions(
 
 @router.post("/moderate/rescan", response_model=RescanReportOut, summary="Rescan the collection",
              responses=responses(400, 401, 403, 404, 409, 422))
-def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep,
+def rescan_collection(request: Request, runtime: RuntimeDep, key: ApiKeyDep,
                       body: RescanRequest | None = None) -> RescanReportOut:
     """Apply a policy version to every stored vector. A dry run (the default) reports what would change and
     writes nothing; a real run (``dry_run: false``, write scope) stores the decisions that change."""
     body = body or RescanRequest()
     if not body.dry_run:
-        require_write(runtime, settings, key)
+        require_write(request, key)
     coll = runtime.collection
     record = _record(coll, body.policy, body.version)
     with _same_encoder():
@@ -337,11 +336,11 @@ def rescan_collection(runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep
 
 @router.post("/moderate/calibrate", response_model=CalibrationOut, summary="Calibrate a concept",
              responses=responses(400, 401, 403, 404, 422))
-def calibrate(body: CalibrateRequest, runtime: RuntimeDep, settings: SettingsDep, key: ApiKeyDep) -> CalibrationOut:
+def calibrate(body: CalibrateRequest, request: Request, runtime: RuntimeDep, key: ApiKeyDep) -> CalibrationOut:
     """A concept's precision-recall curve on labelled catalogued photos and the threshold reaching the target;
     with ``write`` (write scope), stored as a new policy version."""
     if body.write:
-        require_write(runtime, settings, key)
+        require_write(request, key)
     coll = runtime.collection
     record = _record(coll, body.policy, body.version)
     with _same_encoder():

@@ -21,9 +21,9 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.catalog_models import ModerationState, Photo, PhotoFile, Tag
-from indexer.decode import decode_photo
-from indexer.errors import InputError
+from indexer.catalog.models import ModerationState, Photo, PhotoFile, Tag
+from indexer.encode.decode import decode_photo
+from indexer.core.errors import InputError
 from indexer.file_identity import open_indexed, real_roots
 
 from ..deps import ReadAccess, RuntimeDep

@@ -9,15 +9,16 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from sqlalchemy import select
 
-from indexer.catalog_models import Photo
+from indexer.catalog.models import Photo
 from retrieval.index.choice import SearchParams
+from retrieval.search.defaults import DEFAULT_COLLAPSE
 from retrieval.search.filters import SearchFilters, parse_filters
 from retrieval.search.searcher import SearchHit, SearchOptions
 
 from ..deps import ReadAccess, RuntimeDep
 from ..errors import not_found, responses
 from ..runtime import Runtime
-from ..schemas import DEFAULT_COLLAPSE, MAX_K, SearchFiltersIn, SearchHitOut, SearchRequest, SearchResponse
+from ..schemas import MAX_K, SearchFiltersIn, SearchHitOut, SearchRequest, SearchResponse
 from ..uploads import read_upload
 from ..workpool import run_encoder_work
 

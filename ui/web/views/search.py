@@ -6,6 +6,8 @@ import hashlib
 
 import streamlit as st
 
+from retrieval.search.defaults import DEFAULT_COLLAPSE
+
 from .. import nav, session
 from ..client import ApiError
 from ..logic import above, score_bounds
@@ -25,7 +27,7 @@ def render() -> None:
         st.caption("Type what you are looking for; results are ranked by CLIP similarity.")
         return
     try:
-        resp = session.search(text.strip(), k, 0.95 if collapse else None, filters)
+        resp = session.search(text.strip(), k, DEFAULT_COLLAPSE if collapse else None, filters)
     except ApiError as exc:
         show_error(exc, "search")
         return

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/migrations``)."""
+"""SQLAlchemy models of the catalog. Schema changes go through Alembic (``indexer/catalog/migrations``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .photo_status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
+from .status import ERROR, INDEXED, PENDING  # noqa: F401 - re-exported with the models
 
 
 class Base(DeclarativeBase):

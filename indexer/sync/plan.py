@@ -19,38 +19,16 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import NamedTuple
 
-from .collection import Collection
-from .file_identity import identity, is_under, real_roots
-from .progress import Progress
+from ..collection import Collection
+from ..core.progress import Progress
+from ..file_identity import identity, is_under, real_roots
 from .scan import ScannedFile, ScanProblem, not_regular_reason, scan
+from .types import HASH_CHUNK, HashResult, SyncReport
 
 log = logging.getLogger(__name__)
-
-HASH_CHUNK = 256
-
-
-@dataclass
-class SyncReport:
-    scanned: int = 0
-    unchanged: int = 0
-    hashed: int = 0
-    new_photos: int = 0
-    linked_existing: int = 0  # moved, renamed or duplicate files matched by content hash
-    removed_files: int = 0
-    removed_photos: int = 0
-    file_errors: int = 0
-    raw_beside_processed: int = 0  # RAW files left out: a JPEG (or HEIC, ...) of the same name is indexed instead
-    outside_roots: int = 0  # symlinked files or folders skipped: they resolve outside the allowed roots
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def add(self, other: "SyncReport") -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
 
 
 class NotRegularFileError(OSError):
@@ -85,9 +63,6 @@ def _sha256_regular(path: bytes, block: int = 1 << 20, real: bytes | None = None
 def sha256_file(path: bytes, block: int = 1 << 20) -> str:
     """Hex sha256 of a regular file; :class:`NotRegularFileError` for anything else."""
     return _sha256_regular(path, block)[0]
-
-
-HashResult = tuple[ScannedFile, "str | None", "str | None"]  # entry, sha256 or None, error or None
 
 
 def _hash(entry: ScannedFile) -> HashResult:
@@ -163,7 +138,7 @@ def sync_catalog(
     gone = [path for path in known if path not in seen and not _inside(path, unlisted)]
     if not (todo or problems or gone or retry_errors or _has_orphans(coll)):
         return report  # nothing to write: the ORM is not even imported
-    from . import sync_write
+    from . import write as sync_write
 
     if progress:
         progress("hash", 0, len(todo))

@@ -4,7 +4,7 @@ JPEGs are DCT-scaled while decoding (``Image.draft``) so a 12 MP photo is never 
 make a 224 px input; EXIF orientation is applied; CMYK, 16-bit, palette and alpha images are
 converted to RGB properly; Pillow's decompression-bomb guard stays on.
 
-Camera RAW files (:data:`indexer.scan.RAW_EXTENSIONS`, or a stream whose header is a camera RAW's)
+Camera RAW files (:data:`indexer.sync.scan.RAW_EXTENSIONS`, or a stream whose header is a camera RAW's)
 go through LibRaw (``rawpy``, the ``raw`` extra; imported only when a RAW is decoded):
 
 * the camera's embedded preview is used when its shorter side is at least the requested size (the
@@ -35,8 +35,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
-from .scan import RAW_EXTENSIONS
+from ..core.errors import InputError
+from ..sync.scan import RAW_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import functools
 import re
 from pathlib import Path
 
-from .errors import CollectionError
+from ..core.errors import CollectionError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import EncoderLoadError
-from .spec import EncoderSpec, fingerprint_path
+from ..core.errors import EncoderLoadError
+from ..core.spec import EncoderSpec, fingerprint_path
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .catalog_models import Meta
-from .catalog_read import sqlite_url  # noqa: F401 - re-exported: callers build catalog URLs from here
-from .errors import CollectionError
-from .schema_revisions import MIGRATIONS_DIR, head_revision, refuse_unknown_revision
+from .models import Meta
+from .read import sqlite_url  # noqa: F401 - re-exported: callers build catalog URLs from here
+from ..core.errors import CollectionError
+from .revisions import MIGRATIONS_DIR, head_revision, refuse_unknown_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config

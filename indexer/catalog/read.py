@@ -6,7 +6,7 @@ and index-compare paths are therefore plain SQL with ``:name`` parameters, run b
 standard library's ``sqlite3``, read-only) on the embedded catalog at the newest schema, and by
 :class:`EngineReader` (SQLAlchemy ``text()``) everywhere else: PostgreSQL, or a SQLite catalog
 that first needs the migrations or can only be opened through the read-only fallbacks of
-:class:`indexer.catalog.Catalog`. The same SQL runs on both; writes always use the ORM.
+:class:`indexer.catalog.engine.Catalog`. The same SQL runs on both; writes always use the ORM.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
 
-from .schema_revisions import head_revision
+from .revisions import head_revision
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .file_identity import identity, is_under
+from ..file_identity import identity, is_under
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""Alembic environment: runs on the connection handed over by :func:`indexer.catalog.upgrade`."""
+"""Alembic environment: runs on the connection handed over by :func:`indexer.catalog.engine.upgrade`."""
 
 from alembic import context
 
-from indexer.catalog_models import Base
+from indexer.catalog.models import Base
 
 target_metadata = Base.metadata
 

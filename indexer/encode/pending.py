@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .collection import Collection
-from .photo_status import PENDING
+from ..collection import Collection
+from ..catalog.status import PENDING
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -44,7 +44,7 @@ def pending_items(coll: Collection, after: int | None = None, limit: int | None 
     keyset walk, so a caller can hold a bounded window of a huge pending list)."""
     from sqlalchemy import func, select
 
-    from .catalog_models import Photo, PhotoFile
+    from ..catalog.models import Photo, PhotoFile
 
     with coll.catalog.session() as s:
         files = select(PhotoFile.photo_id, func.min(PhotoFile.id).label("fid")).where(PhotoFile.photo_id.is_not(None))

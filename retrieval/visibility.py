@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.catalog_read import in_list
+from indexer.catalog.read import in_list
 from indexer.collection import Collection
-from indexer.errors import InputError
+from indexer.core.errors import InputError
 
 from .outcomes import HIDDEN_ACTIONS, OUTCOMES
 

@@ -1,4 +1,4 @@
-"""The catalog writes of a sync (:mod:`indexer.sync` decides what to write; this module holds the ORM).
+"""The catalog writes of a sync (:mod:`indexer.sync.plan` decides what to write; this module holds the ORM).
 
 Kept apart so that a re-check of an unchanged library, which writes nothing, never imports SQLAlchemy.
 """
@@ -12,10 +12,10 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from .catalog_models import ERROR, PENDING, Photo, PhotoFile
-from .collection import Collection
+from ..catalog.models import ERROR, PENDING, Photo, PhotoFile
+from ..collection import Collection
 from .scan import ScannedFile, ScanProblem, display_path
-from .sync import HASH_CHUNK, HashResult, SyncReport
+from .types import HASH_CHUNK, HashResult, SyncReport
 
 log = logging.getLogger(__name__)
 

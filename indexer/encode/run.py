@@ -21,13 +21,13 @@ from PIL import Image
 from sqlalchemy import update
 from torch.utils.data import DataLoader, Dataset
 
-from .catalog_models import ERROR, INDEXED, Embedding, Photo
-from .collection import Collection
+from ..catalog.models import ERROR, INDEXED, Embedding, Photo
+from ..collection import Collection
 from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
 from .encoders import Encoder
 from .pending import BatchHook, EncodeReport, pending_count, pending_items  # noqa: F401 - re-exported
-from .progress import Progress
-from .vectors import encode_vector
+from ..core.progress import Progress
+from ..core.vectors import encode_vector
 
 log = logging.getLogger(__name__)
 
