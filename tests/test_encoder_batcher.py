@@ -182,6 +182,8 @@ def test_encode_each_isolates_items_with_a_real_model(tiny_encoder):
         alone = tiny_encoder.encode_images(imgs)
         for got, want in zip([rows[0], rows[2], rows[3]], alone):
             np.testing.assert_allclose(got, want, atol=1e-5)
+        tensor = __import__("torch").stack([tiny_encoder.preprocess(im) for im in imgs])  # an index job's batch
+        np.testing.assert_allclose(batcher.encode_images(tensor), alone, atol=1e-5)
         texts = batcher.encode_texts(["a red photo", "a dog", "x"])
         np.testing.assert_allclose(texts, tiny_encoder.encode_texts(["a red photo", "a dog", "x"]), atol=1e-5)
     finally:

@@ -92,6 +92,9 @@ class EncoderBatcher:
         if self._closed:
             raise RuntimeError("the encoder is closed (the server is stopping)")
         fut: Future = Future()
+        if kind == "image" and not isinstance(items, (list, tuple)):  # a preprocessed batch (an index job's)
+            self._queue.put(_Pending("batch", items, fut, _ABANDON.get(), time.perf_counter()))  # type: ignore[arg-type]
+            return fut
         items = list(items)
         if not items:
             fut.set_result(np.zeros((0, self._encoder.spec.embed_dim), np.float32))
@@ -108,7 +111,8 @@ class EncoderBatcher:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._wait(self.submit("text", texts))
 
-    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+    def encode_images(self, images: Any) -> np.ndarray:
+        """PIL images (batched with other requests' images) or a preprocessed tensor (run as one call)."""
         return self._wait(self.submit("image", images))
 
     def close(self) -> None:
@@ -142,6 +146,9 @@ class EncoderBatcher:
                 group = [p for p in pending if p.kind == kind]
                 if group:
                     self._run(kind, group)
+            for p in pending:
+                if p.kind == "batch":
+                    self._run_batch(p)
         while True:  # a request that raced with close(): its caller gets RequestAbandoned
             try:
                 late = self._queue.get_nowait()
@@ -154,6 +161,22 @@ class EncoderBatcher:
         fn = self._encoder.encode_texts if kind == "text" else self._encoder.encode_images
         parts = [np.asarray(fn(items[i:i + self.model_batch])) for i in range(0, len(items), self.model_batch)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _run_batch(self, p: _Pending) -> None:
+        """A preprocessed image tensor runs as it is, in one call: it is already a batch."""
+        if p.abandon is not None and p.abandon.is_set():
+            p.future.cancel()
+        if not p.future.set_running_or_notify_cancel():
+            return
+        start = time.perf_counter()
+        try:
+            p.future.set_result(self._encoder.encode_images(p.items))
+        except Exception as exc:  # noqa: BLE001 - the caller's own error
+            p.future.set_exception(exc)
+        finally:
+            self.batches += 1
+            if self._metrics is not None:
+                self._metrics.encoder.labels("image").observe(time.perf_counter() - start)
 
     def _run(self, kind: str, group: list[_Pending]) -> None:
         live = []
