@@ -80,6 +80,11 @@ def _renice(tid: int, increment: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
 
 
+def renice_thread(increment: int) -> None:
+    """Lower the calling thread's CPU priority by ``increment`` (Linux: nice values are per thread)."""
+    _renice(threading.get_native_id(), increment)
+
+
 def yield_cpu(collection: str | os.PathLike[str], nice: int | None = None,
               scope: Literal["process", "thread"] = "process") -> int:
     """Lower this run's CPU priority (see the module docstring); returns the increment applied (0: none)."""
@@ -87,7 +92,7 @@ def yield_cpu(collection: str | os.PathLike[str], nice: int | None = None,
     if increment <= 0:
         return 0
     if scope == "thread":  # Linux: a thread's nice value is its own
-        _renice(threading.get_native_id(), increment)
+        renice_thread(increment)
     else:
         try:
             tids = [int(t) for t in os.listdir("/proc/self/task")]

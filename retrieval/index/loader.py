@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from indexer.collection import Collection
+from indexer.priority import renice_thread
 
 from .state import index_state, index_version
 from .store import SearchableIndex, load_base, with_delta
@@ -31,6 +32,7 @@ from .store import SearchableIndex, load_base, with_delta
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the loader looks for a commit or a new index version
+LOADER_NICE = 10  # the loader thread's priority drop (Linux: per thread)
 SEARCH_THREADS = 1  # faiss (OpenMP) threads per request thread: concurrent requests fill the cores
 
 
@@ -96,6 +98,7 @@ class IndexLoader:
             return view
 
     def _loop(self) -> None:
+        renice_thread(LOADER_NICE)  # catching up yields the CPU to the searches it is for
         while not self._stop.wait(self.poll_s):
             try:
                 self.refresh()
