@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .catalog.read import sqlite_path
 from .collection import Collection
@@ -46,6 +46,8 @@ class RunOptions:
     # the roots being indexed. A symlink leading elsewhere is skipped and counted (sync.outside_roots)
     allowed_roots: "Sequence[str | os.PathLike[str]] | None" = None
     follow_external_symlinks: bool = False  # lift that limit (the CLI's --follow-external-symlinks)
+    nice: int | None = None  # CPU priority increment of the encode (None: 10 if a server holds the collection)
+    nice_scope: Literal["process", "thread"] = "process"  # "thread": an API job inside the server
 
 
 @dataclass
@@ -129,6 +131,7 @@ def index_paths(
     ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
     (refusing with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``options.wait``)."""
     from .encode.pending import EncodeReport, pending_count
+    from .priority import cap_threads, yield_cpu
 
     options = options or RunOptions()
     _check_engine(options.engine)
@@ -139,6 +142,7 @@ def index_paths(
     held = nullcontext(lock) if lock is not None and lock.held else coll.writer_lock().acquire(wait=options.wait)
     progress = position = _Position(coll, progress)
     with held, storage_refusals(lambda: catalog_name(coll), position.describe):
+        niced = yield_cpu(coll.path, options.nice, options.nice_scope)  # hash threads, decode workers inherit it
         sync = sync_catalog(coll, roots, options.include, options.exclude,
                             hash_threads=max(2, options.workers), retry_errors=options.retry_errors,
                             progress=progress, allowed_roots=options.allowed_roots,
@@ -157,6 +161,8 @@ def index_paths(
             loaded = True
             from .encode.run import encode_pending  # torch: only when there is something to encode
 
+            if niced and options.nice_scope == "process":
+                cap_threads()  # now that torch is loaded
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
                                     progress, on_commit=options.on_commit)
         coll.touch()

@@ -31,6 +31,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray=_ray_options(args, settings) if args.engine == "ray" else None,
             follow_external_symlinks=args.follow_external_symlinks,
+            nice=_nice(args, settings),
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
@@ -52,6 +53,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _shards(args: argparse.Namespace, settings: Any) -> int | None:
     """--shards, else PHOTODEX_INDEX_SHARDS, else None (keep the collection's index layout)."""
     return args.shards if args.shards is not None else settings.index_shards
+
+
+def _nice(args: argparse.Namespace, settings: Any) -> int | None:
+    """--nice, else PHOTODEX_INDEX_NICE, else None (10 when a server holds the collection, else 0)."""
+    return args.nice if args.nice is not None else settings.index_nice
+
+
+def _add_nice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nice", type=int, choices=range(20), metavar="N",
+                   help="lower this run's CPU priority by N (0-19; default: $PHOTODEX_INDEX_NICE, else 10 when "
+                        "`photodex serve` holds the collection on this machine, else 0)")
 
 
 def _shard_count(text: str) -> int:
@@ -103,8 +115,11 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from retrieval.index.store import refresh_index
     from ui.context import ensure_fast_text_path, fast_text_path_line, load_checked_encoder
 
+    from indexer.priority import yield_cpu
+
     settings = settings_from(args)
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
+        yield_cpu(coll.path, _nice(args, settings))
         result = refresh_index(coll, force_rebuild=args.force, shards=_shards(args, settings))
         result["text_tower"] = ensure_fast_text_path(coll, settings, lambda: load_checked_encoder(coll, settings))
     emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors"
@@ -159,6 +174,7 @@ def register(sub: Subparsers) -> None:
     g.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
                    help="decode JPEGs with nvJPEG in the encode actors (auto: when they have GPUs)")
     _add_shards(p)
+    _add_nice(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)",
@@ -166,6 +182,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
     _add_shards(p)
+    _add_nice(p)
     p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("info", parents=shared_options(), help="what the collection holds")
