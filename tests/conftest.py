@@ -33,11 +33,16 @@ LIBRARY_SIZE = 120
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _offline_session() -> None:
-    """No hub look-ups for the whole session (session fixtures load models too)."""
+def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No hub look-ups for the whole session (session fixtures load models too), and no writes to the real
+    user cache from module or session fixtures (tests get their own through ``_isolated_user_state``)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
+        # CLI index runs export the text tower before they return, so no test leaves an export process behind
+        # (tests/test_text_tower_job.py drives the default background export explicitly)
+        mp.setenv("PHOTODEX_TEXT_TOWER_EXPORT", "inline")
         yield
 
 
@@ -47,6 +52,7 @@ def _isolated_user_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("PHOTODEX_COLLECTION", str(tmp_path / "default-collection"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PHOTODEX_TEXT_TOWER_EXPORT", "inline")
     for name in ("PHOTODEX_MODEL", "PHOTODEX_PRETRAINED", "PHOTODEX_DATABASE_URL", "PHOTODEX_DEVICE"):
         monkeypatch.delenv(name, raising=False)
 

@@ -20,6 +20,58 @@ from ui.demo.photos import make_library, random_photo  # noqa: F401  (re-exporte
 from ui.demo.tiny_clip import TINY_CFG, TINY_NAME, TINY_PREPROCESS, register_tiny_config, save_tiny_clip  # noqa: F401
 
 
+def bomb_png(side: int = 30000) -> bytes:
+    """A valid ``side`` x ``side`` 1-bit PNG of zeros (about 109 KB at 30000): a decompression bomb, made
+    without ever holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows, z = b"\0" * (1 + (side + 7) // 8) * 1000, zlib.compressobj(9)
+    idat = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.compress(rows[: len(rows) // 1000 * (side % 1000)])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
+
+
+def slow_photos(root: Path, n: int) -> list[Path]:
+    """``n`` distinct 12 MP PNGs (about 160 KB each) that take ~0.3 s each to decode: decode workers stay busy."""
+    paths = []
+    for i in range(n):
+        arr = np.zeros((3000, 4000, 3), np.uint8)
+        arr[:: 97, :: 89] = (i + 1, 2 * i + 1, 3 * i + 1)
+        path = root / f"slow_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, compress_level=1)
+        paths.append(path)
+    return paths
+
+
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) and int(stat[1]) == pid and stat[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie waiting to be reaped has)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """State, ppid, ... of ``/proc/PID/stat`` (the fields after the command name)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def env_offline() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

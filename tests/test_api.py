@@ -12,6 +12,7 @@ from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error, png_bytes
+from tests.helpers import bomb_png
 from ui.demo.world import CLASSES, class_prompt
 from ui.api.app import ROUTER_MODULES
 
@@ -166,6 +167,15 @@ def test_uploads_limited_while_reading_and_checked(client, world):
     assert err.status_code == 422 and assert_error(err, 422)["code"] in ("invalid_input", "undecodable_image")
     assert_error(client.post(f"{API}/classify", files=files(b"not an image"), data={"labels": "a,b"}), 415)
     assert client.post(f"{API}/search/image", files=files(png_bytes())).status_code == 200
+
+
+def test_decompression_bomb_upload_is_too_many_pixels(client):
+    """A 30000x30000 1-bit PNG (109 KB) is past Pillow's own guard too: still the documented 422, not 415."""
+    bomb = bomb_png(30000)
+    for url, extra in ((f"{API}/search/image", {}), (f"{API}/classify", {"data": {"labels": "a,b"}})):
+        err = assert_error(client.post(url, files={"file": ("bomb.png", bomb, "image/png")}, **extra), 422,
+                           "too_many_pixels")
+        assert "900000000" in err["message"] and err["detail"]["max_pixels"] == MAX_PIXELS, err
 
 
 def test_unexpected_errors_are_500_in_the_error_shape_without_traceback(client, monkeypatch):

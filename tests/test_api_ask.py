@@ -199,6 +199,7 @@ def test_a_vlm_that_cannot_load_is_503_with_how_to(world, tmp_path, api_client):
                 err = assert_error(c.post(f"{API}/ask", json={"question": "is there a skull?"}, headers=headers),
                                    503, "vlm_unavailable")
                 assert "PHOTODEX_VLM" in err["message"] and "local folder" in err["message"]
+                assert "--" not in err["message"]  # no CLI flag (--vlm) for an HTTP client
             assert_error(c.post(f"{API}/ask", json={"question": "x", "k": 0}), 422)  # checked before loading
             assert c.post(f"{API}/search", json={"text": "a skull"}).status_code == 200  # the rest still serves
 
@@ -236,7 +237,8 @@ def test_bad_json_and_empty_collection(client, world, tmp_path, api_client):
         for headers in ({}, SSE):
             err = assert_error(c.post(f"{API}/ask", json={"question": "is there a skull?"}, headers=headers), 422,
                                "invalid_input")
-            assert "no indexed photos" in err["message"]
+            assert "no indexed photos" in err["message"] and "POST /api/v1/index/jobs" in err["message"]
+            assert "photodex index" not in err["message"]  # the CLI's hint is the CLI's
 
 
 def test_accept_negotiation_and_trimming():
@@ -271,7 +273,8 @@ def test_a_quarantined_photo_is_refused_unless_moderation_is_given(client, answe
         body = {"question": "what colour is the object?", "photo_id": pid}
         for headers in ({}, SSE):
             err = assert_error(client.post(f"{API}/ask", json=body, headers=headers), 422, "invalid_input")
-            assert "quarantined or blocked" in err["message"]
+            assert "quarantined or blocked" in err["message"] and '"moderation": "any"' in err["message"]
+            assert "--filter" not in err["message"]
         got = client.post(f"{API}/ask", json={**body, "moderation": "any"})
         assert got.status_code == 200, got.text
         direct = answerer.ask_photo(pid, body["question"],

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("indexer", "retrieval", "answerer", "ui")
 # retrieval sub-package -> the retrieval sub-packages it may import (its own is always allowed)
-RETRIEVAL = {"index": set(), "classify": set(), "moderation": {"classify"}, "search": {"index"}}
+RETRIEVAL = {"index": set(), "classify": set(), "moderation": {"classify"}, "search": {"index"},
+             "evaluation": {"classify", "index"}}
 
 
 def project_modules(root: Path, packages: Iterable[str]) -> dict[str, tuple[Path, bool]]:

@@ -409,7 +409,7 @@ def test_client_against_a_private_server_with_and_without_a_key(private_http, re
     assert anonymous.health().status == "ok" and anonymous.ready().reads_need_key is True
     with pytest.raises(ApiError) as err:
         anonymous.search(class_prompt("red circle"), k=3)
-    assert err.value.status == 401 and err.value.code == "unauthorized" and "--scope read" in err.value.message
+    assert err.value.status == 401 and err.value.code == "unauthorized" and "scope read" in err.value.message
     keyed = PhotodexClient(private_http, read_key)
     top = keyed.search(class_prompt("red circle"), k=3, collapse=None).results[0]
     assert keyed.original(top.id) == Path(top.paths[0]).read_bytes()

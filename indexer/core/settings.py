@@ -47,6 +47,7 @@ class IndexerSettings(BaseSettings):
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    index_nice: int | None = Field(default=None, ge=0, le=19)  # index runs' nice; None: 10 if a server holds it
 
     @field_validator("collection", mode="before")
     @classmethod

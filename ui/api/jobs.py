@@ -88,7 +88,9 @@ class JobManager:
     """Starts, tracks and cancels this process's index jobs."""
 
     def __init__(self, coll: "Collection", encoder: Any, settings: "Settings", metrics: "Metrics | None" = None,
-                 runner: Runner | None = None) -> None:
+                 runner: Runner | None = None, after_index: Callable[[], Any] | None = None) -> None:
+        """``after_index``: called once a job's index is refreshed, before it reports success (the
+        server's index loader catches up there, so a finished job's photos are searchable)."""
         from indexer.run import index_paths
 
         self.coll = coll
@@ -96,18 +98,21 @@ class JobManager:
         self.settings = settings
         self.metrics = metrics
         self.runner = runner or index_paths
+        self.after_index = after_index
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
 
     def start(self, paths: Sequence[str], retry_errors: bool = False) -> Job:
         """Check the paths, take the writer lock (409 if held) and run the job in a thread."""
         real = allowed_paths(paths, self.settings.api_library_roots)
-        lock = self.coll.writer_lock().acquire(wait=False)  # WriterBusyError → 409
-        job = Job(id=uuid.uuid4().hex, paths=real)
+        job_id = uuid.uuid4().hex
+        lock = self.coll.writer_lock().acquire(wait=False, note={"job": job_id})  # WriterBusyError → 409
+        job = Job(id=job_id, paths=real)
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
                              exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook(),
-                             allowed_roots=self.settings.api_library_roots)  # what the scan reaches, too
+                             allowed_roots=self.settings.api_library_roots,  # what the scan reaches, too
+                             nice=self.settings.index_nice, nice_scope="thread")  # yield to this server's requests
         job.thread = threading.Thread(target=self._run, args=(job, lock, options), name=f"index-job-{job.id[:8]}",
                                       daemon=True)
         with self._lock:
@@ -139,13 +144,15 @@ class JobManager:
                 raise JobCancelled()
             job.phase = "index"
             index = refresh_index(self.coll, shards=self.settings.index_shards)
+            if self.after_index is not None:
+                self.after_index()
             job.summary = {**(summary.to_dict() if hasattr(summary, "to_dict") else {}), "index": index}
             job.status = "succeeded"
         except JobCancelled:
             job.status = "cancelled"
             log.info("index job %s cancelled", job.id)
         except PhotodexError as exc:
-            job.status, job.error = "failed", str(exc)
+            job.status, job.error = "failed", exc.for_http()
             log.warning("index job %s failed: %s", job.id, exc)
         except Exception:  # noqa: BLE001 - a job's crash is reported on the job, logged here
             job.status, job.error = "failed", "internal error (logged on the server)"
