@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import make_library  # noqa: E402
+from ui.demo.photos import make_library  # noqa: E402
 
 
 def save_vitb32(folder: Path) -> Path:

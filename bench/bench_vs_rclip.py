@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import make_library  # noqa: E402
+from ui.demo.photos import make_library  # noqa: E402
 
 MODEL = "ViT-B-32-256"
 RCLIP_MODEL_DIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip/model_download.py: MODEL_SUBDIR

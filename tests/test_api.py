@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from ui.settings import Settings
@@ -14,9 +13,8 @@ from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error, png_bytes
 from tests.helpers import bomb_png
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
-from ui.api.app import ROUTER_MODULES, create_app
+from ui.demo.world import CLASSES, class_prompt
+from ui.api.app import ROUTER_MODULES
 
 API = "/api/v1"
 MAX_BYTES = 300_000
@@ -24,15 +22,9 @@ MAX_PIXELS = 600 * 600
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("world_api"), world_tiny_clip_dir, n=120, seed=5)
-
-
-@pytest.fixture(scope="module")
-def client(world):
+def client(world, api_client):
     settings = Settings(collection=world.path, api_max_upload_bytes=MAX_BYTES, api_max_upload_pixels=MAX_PIXELS)
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client(settings, world.encoder) as c:
         yield c
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
@@ -20,9 +19,8 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies
 from tests.api_support import assert_error
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import build_world_collection
-from ui.api.app import create_app
+from tests.helpers import WORLD
+from ui.demo.world import UNSAFE_CONCEPT
 from ui.api.moderation_schemas import Outcome
 from ui.api.security import create_api_key
 
@@ -38,8 +36,9 @@ def skull_policy(threshold: float, review: float | None = None, name: str = "wor
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("api_moderation"), world_tiny_clip_dir, n=160, seed=11)
+def world(world_of, tmp_path_factory):
+    """A copy of the shared world: these tests store keys, policies and decisions in it."""
+    return world_of(*WORLD).copy(tmp_path_factory.mktemp("api_moderation") / "collection")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,8 @@ def keys(world):
 
 
 @pytest.fixture(scope="module")
-def client(world, keys):
-    settings = Settings(collection=world.path, api_max_upload_bytes=300_000)
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+def client(world, keys, api_client):
+    with api_client(Settings(collection=world.path, api_max_upload_bytes=300_000), world.encoder) as c:
         yield c
 
 
@@ -371,13 +368,12 @@ def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     assert get_args(Outcome) == OUTCOMES == tuple(schemas["StoredDecisionOut"]["properties"]["action"]["enum"])
 
 
-def test_no_active_policy_and_another_collection_copy(tmp_path, world):
+def test_no_active_policy_and_another_collection_copy(tmp_path, world, api_client):
     """A copy of the collection without policies: every policy-using route says there is none (404)."""
     with world.private_copy(tmp_path / "coll") as c, c.catalog.session() as s, s.begin():
         for table in (ModerationState, ModerationDecision, ModerationRun, ModerationPolicy):
             s.query(table).delete()
-    app = create_app(Settings(collection=tmp_path / "coll"), encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client(Settings(collection=tmp_path / "coll"), world.encoder) as c:
         for url, kw in (("/moderate", {"data": {"photo_id": "1"}}), ("/moderate/rescan", {}),
                         ("/moderate/calibrate", {"json": {"concept": "x", "positive_ids": [1], "negative_ids": [2],
                                                           "target_recall": 1.0}})):

@@ -61,13 +61,6 @@ def _python(code: str, *args: str, timeout: float = 120) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def world_encoder(world_tiny_clip_dir: Path):
-    from indexer.encode.encoders import load_encoder
-
-    return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def world_tower(world_encoder, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(collection, text tower folder) holding the export of the trained tiny CLIP."""
     collection = tmp_path_factory.mktemp("tower-collection")
