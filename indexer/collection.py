@@ -16,6 +16,7 @@ from .atomic import atomic_write_json
 from .catalog_read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
 from .errors import CollectionError, EncoderMismatchError
 from .photo_status import ERROR, INDEXED, PENDING
+from .precision_record import precision_summary
 from .spec import EncoderSpec
 from .vectors import decode_vectors
 from .writer_lock import WriterLock
@@ -237,6 +238,7 @@ class Collection:
             "disk_bytes": disk,
             "created_at": self.manifest.get("created_at"),
             "updated_at": self.manifest.get("updated_at"),
+            "precision": precision_summary(self.manifest),
         }
 
     def errors(self) -> list[dict[str, Any]]:

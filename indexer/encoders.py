@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .errors import EncoderLoadError
+from .precision import Candidate, PrecisionChoice, check_precision, choose_cpu_precision, cuda_choice, probe_pixels
 from .spec import EncoderSpec, fingerprint_path
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,6 @@ def resolve_device(requested: str = "auto") -> tuple[str, str]:
     return "cpu", f"auto: using CPU because {why}"
 
 
-def _autocast_dtype(device: str, precision: str) -> torch.dtype | None:
-    """Autocast dtype on CUDA: bf16 when asked for, fp16 otherwise (``auto``/``fp16``); none on CPU or fp32."""
-    if device != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def _is_local_path(value: str | None) -> bool:
     return bool(value) and Path(str(value)).expanduser().exists()
 
@@ -85,6 +79,7 @@ class Encoder:
         device: str = "cpu",
         autocast_dtype: torch.dtype | None = None,
         text_cache_size: int = 4096,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -92,6 +87,7 @@ class Encoder:
         self.spec = spec
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.precision = precision or PrecisionChoice("fp32", device=device, reason="built as fp32")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
@@ -166,11 +162,16 @@ def load_encoder(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    candidates: Sequence[Candidate] | None = None,
 ) -> Encoder:
-    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy."""
+    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy.
+
+    ``precision`` (auto, fp32, bf16, fp16, int8) is settled by :mod:`indexer.precision`: on the CPU from
+    ``candidates`` (default: the ones photodex knows) and a cached probe, on CUDA by autocast."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    check_precision(precision)
     dev, why = resolve_device(device)
     log.info("encoder device: %s (%s)", dev, why)
     if model.startswith("local-dir:"):
@@ -204,4 +205,10 @@ def load_encoder(
     net = net.to(dev)
     preprocess = image_transform_v2(PreprocessCfg(**getattr(net.visual, "preprocess_cfg", {})), is_train=False)
     tokenizer = open_clip.get_tokenizer(model)
-    return Encoder(net, preprocess, tokenizer, spec, dev, _autocast_dtype(dev, precision))
+    if dev == "cpu":
+        size = spec.preprocess.get("size", 224)
+        size = int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+        choice = choose_cpu_precision(net, spec.id, precision, lambda: probe_pixels(preprocess, size), candidates)
+        return Encoder(net, preprocess, tokenizer, spec, dev, None, precision=choice)
+    choice, dtype = cuda_choice(precision, dev)
+    return Encoder(net, preprocess, tokenizer, spec, dev, dtype, precision=choice)

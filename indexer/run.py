@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .collection import Collection
 from .errors import ConfigError
+from .precision_record import check_mixable, record_run
 from .progress import Progress
 from .sync import SyncReport, sync_catalog
 from .writer_lock import WriterLock
@@ -114,7 +115,12 @@ def index_paths(
             loaded = True
             from .encode_run import encode_pending  # torch: only when there is something to encode
 
+            choice = getattr(enc, "precision", None)  # a PrecisionChoice (an encoder double may have none)
+            if choice is not None:
+                check_mixable(choice.to_dict())  # before any vector is written
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
                                     progress, on_commit=options.on_commit)
+            if choice is not None:
+                record_run(coll, choice.to_dict(), encode.encoded)
         coll.touch()
     return RunSummary(sync, encode, time.perf_counter() - start, loaded, coll.stats())

@@ -38,10 +38,8 @@ class EncoderRecipe:
     @classmethod
     def like(cls, encoder: Any) -> "EncoderRecipe":
         """The recipe that rebuilds an already loaded encoder in another process: same weights,
-        same device kind, same precision."""
-        import torch
-
-        dtype = getattr(encoder, "autocast_dtype", None)
-        precision = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "auto")
+        same device kind, same precision request (settled again, from the probe cache, in that process)."""
+        choice = getattr(encoder, "precision", None)
+        precision = getattr(choice, "requested", "auto")
         device = "cpu" if getattr(encoder, "device", "cpu") == "cpu" else "auto"
         return cls(encoder.spec.model, encoder.spec.pretrained, device, precision)

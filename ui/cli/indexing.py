@@ -114,9 +114,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         stats = coll.stats()
         stats["index"] = index_state(coll) or None
         stats["encoder_spec"] = coll.manifest["encoder"]
-    emit(stats, args.json,
-         lambda d: "\n".join(f"{k}: {printable(str(v))}" for k, v in d.items() if k != "encoder_spec"))
+    emit(stats, args.json, _info_text)
     return EXIT_OK
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    from indexer.precision_record import precision_text
+
+    shown = {**d, "precision": precision_text(d.get("precision"))}
+    return "\n".join(f"{k}: {printable(str(v))}" for k, v in shown.items() if k != "encoder_spec")
 
 
 def register(sub: Subparsers) -> None:
