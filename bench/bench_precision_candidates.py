@@ -59,7 +59,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="run only these candidates")
+    ap.add_argument("--threads", type=int, help="torch/onnxruntime/OpenVINO threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import open_clip
 

@@ -90,9 +90,13 @@ def _converted(inner: "torch.nn.Module", original: "torch.nn.Module",
     import torch
 
     class ConvertedTower(torch.nn.Module):
+        """The converted tower is kept out of the module tree (``__dict__``, not a submodule): nothing that walks
+        the CLIP model (``.to()``, ``state_dict``, the text tower's ONNX export, which refuses a model holding
+        quantised modules) sees it; it is an inference-only artifact of the fp32 weights."""
+
         def __init__(self) -> None:
             super().__init__()
-            self.inner = inner
+            self.__dict__["inner"] = inner
             self.prepare = prepare
             for name in ("preprocess_cfg", "image_size", "output_dim", "patch_size", "image_mean", "image_std"):
                 if hasattr(original, name) and not isinstance(getattr(original, name), torch.nn.Module):

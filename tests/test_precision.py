@@ -353,3 +353,20 @@ def test_forced_precision_the_cpu_cannot_do_says_so_and_indexes_in_fp32(world_ti
     assert "fp16 requested but this CPU" in r.stderr and "encoding in fp32" in r.stderr
     with Collection.open(coll) as c:
         assert c.stats()["precision"]["photos_by_precision"] == {"fp32 (torch)": 2}
+
+
+def test_text_tower_exports_when_the_image_tower_is_int8(tiny_clip, tmp_path, monkeypatch):
+    """The ONNX exporter refuses a model holding quantised modules: the int8 image tower must not be one of the
+    CLIP model's submodules, or ``photodex index`` at int8 loses its fast text path."""
+    from indexer.text_tower import export_text_tower, load_text_tower
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder, _ = tiny_clip
+    fp32 = load_encoder("local-dir:" + str(folder), device="cpu", precision="fp32")
+    int8 = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                        candidates=[_unit_checked("torch-int8")])
+    assert int8.precision.precision == "int8", int8.precision
+    export_text_tower(int8, tmp_path / "tt")
+    tower = load_text_tower(tmp_path / "tt", int8.spec.id)
+    texts = ["a photo of a dog", "a red square", ""]
+    assert np.abs(tower.encode_texts(texts) - fp32.encode_texts(texts)).max() <= 1e-3
