@@ -108,18 +108,31 @@ def _converted(inner: "torch.nn.Module", original: "torch.nn.Module",
     return ConvertedTower()
 
 
+def _cast_copy(visual: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Module":
+    """A copy of ``visual`` whose floating tensors are ``dtype``, made without a second fp32 copy (the deepcopy
+    memo maps each fp32 tensor straight to its cast): peak memory is the fp32 tower plus the cast one."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for t in [*visual.parameters(), *visual.buffers()]:
+        if t.is_floating_point():
+            cast = t.detach().to(dtype)
+            memo[id(t)] = torch.nn.Parameter(cast, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cast
+    return copy.deepcopy(visual, memo).eval()
+
+
 def _bf16_tower(visual: "torch.nn.Module") -> "torch.nn.Module":
     """Weights and activations in bf16; oneDNN's bf16 GEMMs accumulate in fp32, and the CPU LayerNorm and softmax
     kernels compute bf16 inputs in fp32 internally."""
     import torch
 
-    return _converted(copy.deepcopy(visual).to(torch.bfloat16).eval(), visual, _CastInput(torch.bfloat16))
+    return _converted(_cast_copy(visual, torch.bfloat16), visual, _CastInput(torch.bfloat16))
 
 
 def _fp16_tower(visual: "torch.nn.Module") -> "torch.nn.Module":
     import torch
 
-    return _converted(copy.deepcopy(visual).to(torch.float16).eval(), visual, _CastInput(torch.float16))
+    return _converted(_cast_copy(visual, torch.float16), visual, _CastInput(torch.float16))
 
 
 def _int8_tower(visual: "torch.nn.Module") -> "torch.nn.Module":
@@ -129,10 +142,11 @@ def _int8_tower(visual: "torch.nn.Module") -> "torch.nn.Module":
 
     import torch
 
+    shared = {id(t): t for t in [*visual.parameters(), *visual.buffers()]}  # modules copied, fp32 tensors shared
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        quantised = torch.ao.quantization.quantize_dynamic(copy.deepcopy(visual), {torch.nn.Linear},
-                                                           dtype=torch.qint8)
+        quantised = torch.ao.quantization.quantize_dynamic(copy.deepcopy(visual, shared), {torch.nn.Linear},
+                                                           dtype=torch.qint8, inplace=True)
     return _converted(quantised.eval(), visual)
 
 

@@ -6,6 +6,7 @@ something needs encoding, so re-checking an unchanged library never loads a mode
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -109,6 +110,8 @@ def index_paths(
             loaded = True  # in the Ray actors; a loader given here is not called in the driver
             encode = encode_pending_ray(coll, encoder, options.batch_size, options.max_image_pixels, progress,
                                         on_commit=options.on_commit, options=options.ray)
+            for label, photos in encode.precisions.items():  # each actor settled its own precision
+                record_run(coll, json.loads(label), photos)
         elif pending_count(coll):
             enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
             coll.check_encoder(enc.spec)
