@@ -150,16 +150,23 @@ def _int8_tower(visual: "torch.nn.Module") -> "torch.nn.Module":
     return _converted(quantised.eval(), visual)
 
 
-def default_candidates() -> list[Candidate]:
-    """The CPU candidates photodex knows, in preference order (ties go to the earlier one)."""
+def default_candidates(spec_id: str | None = None) -> list[Candidate]:
+    """The CPU candidates photodex knows, in preference order (ties go to the earlier one). With ``spec_id``
+    (which keys their cached ONNX export) also onnxruntime int8 and, when installed, OpenVINO bf16
+    (:mod:`indexer.precision_onnx`)."""
     import torch
 
     tv = f"torch {torch.__version__}"
-    return [
+    out = [
         Candidate("torch-bf16", "bf16", _bf16_tower, units=("amx_bf16", "avx512_bf16"), version=tv),
         Candidate("torch-int8", "int8", _int8_tower, units=("amx_int8", "avx512_vnni", "avx_vnni"), version=tv),
         Candidate("torch-fp16", "fp16", _fp16_tower, units=("amx_fp16", "avx512_fp16"), version=tv),
     ]
+    if spec_id:
+        from .precision_onnx import onnx_candidates
+
+        out[2:2] = onnx_candidates(spec_id)
+    return out
 
 
 # ---- the outcome ---------------------------------------------------------------------------------------------------
@@ -385,7 +392,7 @@ def choose_cpu_precision(
         return fp32_choice(requested, "fp32 requested")
     cpu = cpu or cpu_features()
     try:
-        pool = list(default_candidates() if candidates is None else candidates)
+        pool = list(default_candidates(spec_id) if candidates is None else candidates)
         wanted = [c for c in pool if requested == "auto" or c.precision == requested]
         if not wanted:
             return _refused(requested, f"{requested} requested but photodex has no {requested} path for the CPU")
