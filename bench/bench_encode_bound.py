@@ -97,7 +97,7 @@ def main() -> None:
     import torch
 
     from indexer.encode.cpu_features import cpu_description
-    from indexer.encoders import load_encoder
+    from indexer.encode.encoders import load_encoder
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,8 +16,8 @@ import torch
 
 from indexer.collection import Collection
 from indexer.encode.cpu_features import CpuFeatures, cpu_features, parse_cpuinfo
-from indexer.encoders import load_encoder
-from indexer.errors import ConfigError
+from indexer.encode.encoders import load_encoder
+from indexer.core.errors import ConfigError
 from indexer.encode.precision import (MIN_COSINE, Candidate, PrecisionChoice, ProbeCache, choose_cpu_precision,
                                default_candidates, probe_pixels)
 from indexer.run import RunOptions, index_paths
@@ -249,7 +249,8 @@ def test_bf16_world_vectors_match_fp32_per_photo_in_search_and_in_zero_shot(worl
 
 
 def test_exported_text_tower_of_a_bf16_encoder_stays_within_1e3_of_fp32(world_pair, tmp_path):
-    from indexer.text_tower import load_text_tower, text_tower_folder, ensure_text_tower
+    from retrieval.search.text_tower import load_text_tower, text_tower_folder
+    from retrieval.search.text_tower_export import ensure_text_tower
 
     fp32, bf16, _, _ = world_pair
     coll = Collection.open_for_encoder(tmp_path / "coll", bf16.spec)
@@ -358,7 +359,7 @@ def test_forced_precision_the_cpu_cannot_do_says_so_and_indexes_in_fp32(world_ti
 def test_text_tower_exports_when_the_image_tower_is_int8(tiny_clip, tmp_path, monkeypatch):
     """The ONNX exporter refuses a model holding quantised modules: the int8 image tower must not be one of the
     CLIP model's submodules, or ``photodex index`` at int8 loses its fast text path."""
-    from indexer.text_tower import export_text_tower, load_text_tower
+    from retrieval.search.text_tower import export_text_tower, load_text_tower
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder, _ = tiny_clip
