@@ -370,3 +370,51 @@ def test_text_tower_exports_when_the_image_tower_is_int8(tiny_clip, tmp_path, mo
     tower = load_text_tower(tmp_path / "tt", int8.spec.id)
     texts = ["a photo of a dog", "a red square", ""]
     assert np.abs(tower.encode_texts(texts) - fp32.encode_texts(texts)).max() <= 1e-3
+
+
+# ---- the ONNX candidates -------------------------------------------------------------------------------------------
+
+def _onnx_candidate(spec_id: str, name: str = "onnxruntime-int8") -> Candidate:
+    from indexer.precision_onnx import onnx_candidates
+
+    cand = next(c for c in onnx_candidates(spec_id) if c.name == name)
+    return Candidate(cand.name, cand.precision, cand.build, (), cand.backend, cand.version)
+
+
+def test_onnxruntime_int8_tower_matches_fp32_and_its_export_is_cached(tiny_clip, tmp_path, monkeypatch):
+    from indexer.precision_onnx import INT8_FILE, graphs_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder, _ = tiny_clip
+    fp32 = load_encoder("local-dir:" + str(folder), device="cpu", precision="fp32")
+    int8 = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                        candidates=[_onnx_candidate(fp32.spec.id)])
+    assert int8.precision.candidate == "onnxruntime-int8" and int8.precision.min_cosine >= MIN_COSINE
+    rng = np.random.default_rng(5)
+    from PIL import Image
+
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(6)]
+    assert (fp32.encode_images(images) * int8.encode_images(images)).sum(1).min() >= MIN_COSINE
+    (graph,) = graphs_dir().glob(f"*/{INT8_FILE}")
+    stamp = graph.stat().st_mtime_ns
+    again = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                         candidates=[_onnx_candidate(fp32.spec.id)])
+    assert again.precision.candidate == "onnxruntime-int8" and graph.stat().st_mtime_ns == stamp  # not re-exported
+    graph.write_bytes(b"not an onnx graph")  # a damaged cache is exported again, not a failure
+    healed = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                          candidates=[_onnx_candidate(fp32.spec.id)])
+    assert healed.precision.candidate == "onnxruntime-int8"
+    assert (fp32.encode_images(images) * healed.encode_images(images)).sum(1).min() >= MIN_COSINE
+
+
+def test_forced_int8_on_the_world_clip_is_refused_with_its_measured_cosine(world_tiny_clip_dir, tmp_path,
+                                                                           monkeypatch, caplog):
+    """A real case of the cosine floor: the world's tiny ResNet CLIP loses too much in onnxruntime int8."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    spec_id = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="fp32").spec.id
+    with caplog.at_level(logging.WARNING, logger="indexer.precision"):
+        enc = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="int8",
+                           candidates=[_onnx_candidate(spec_id)])
+    assert enc.precision.precision == "fp32"
+    assert "int8 requested but refused: onnxruntime-int8 min cosine 0.99" in caplog.text
+    assert "encoding in fp32" in caplog.text
