@@ -242,6 +242,14 @@ def user_cache_dir() -> Path:
     return Path(base) / "photodex"
 
 
+def precision_cache_dir() -> Path:
+    """Where probe outcomes and exported graphs live: ``$PHOTODEX_PRECISION_CACHE``, else
+    ``$XDG_CACHE_HOME/photodex/precision`` (a read-only home, or one cache for many containers, can point it
+    elsewhere)."""
+    given = os.environ.get("PHOTODEX_PRECISION_CACHE")
+    return Path(given).expanduser() if given else user_cache_dir() / "precision"
+
+
 def machine_key(spec_id: str, cpu: CpuFeatures | None = None) -> dict[str, Any]:
     """What a probe's outcome depends on: the encoder, the CPU (model + flags), torch and its thread count."""
     import torch
@@ -256,7 +264,7 @@ class ProbeCache:
     """Probe outcomes on disk, one JSON file per (encoder spec, machine); unreadable files count as missing."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else user_cache_dir() / "precision"
+        self.directory = Path(directory) if directory is not None else precision_cache_dir()
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
