@@ -3,7 +3,8 @@
 Bound (images/s) = the GEMM rate this machine measures in the chosen dtype / the GFLOP of one image (8.8 for
 ViT-B-32 at 224 px: 4.4 GMAC, nearly all in the transformer's Linear layers). The GEMM rate is measured on the
 tower's own GEMM shapes (qkv, attention out, MLP up and down at ``batch x tokens`` rows), weighted by their FLOPs,
-in the dtype the chosen path computes in (fp32, bf16 or the int8 dynamic-quantised Linear). Reported, each the best
+in the kernels the chosen path computes with (torch fp32/bf16/int8 dynamic Linear, or the same GEMMs exported to
+ONNX and run in onnxruntime int8 / OpenVINO bf16 when the probe chose those). Reported, each the best
 of ``--repeats`` interleaved rounds (GEMMs and encodes alternate, so load from other work hits both alike):
 
 * ``encode``: ``Encoder.encode_images`` on an already preprocessed batch (the model alone);
@@ -47,28 +48,82 @@ def _gemm_shapes(visual, batch: int) -> list[tuple[int, int, int]]:
     return per_layer * layers
 
 
-def gemm_rate(shapes: list[tuple[int, int, int]], precision: str):
-    """A zero-argument callable running those GEMMs once in ``precision``'s kernels; and their FLOPs."""
+class _Layers:
+    """One Linear per distinct GEMM shape, applied each to its own input (for export to ONNX)."""
+
+    def __new__(cls, unique):
+        import torch
+
+        class Layers(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layers = torch.nn.ModuleList(torch.nn.Linear(k, n) for _, k, n in unique)
+
+            def forward(self, *xs):
+                return tuple(layer(x) for layer, x in zip(self.layers, xs))
+
+        return Layers().eval()
+
+
+def gemm_rate(shapes: list[tuple[int, int, int]], choice, tmp: Path):
+    """A zero-argument callable running those GEMMs once in the chosen path's own kernels (torch fp32/bf16/int8
+    dynamic Linear, onnxruntime int8 MatMulInteger, OpenVINO bf16), and their FLOPs."""
     import torch
 
     unique = sorted(set(shapes))
     count = {s: shapes.count(s) for s in unique}
     flops = sum(2 * m * k * n * count[(m, k, n)] for m, k, n in unique)
-    if precision == "int8":
+    inputs = [torch.randn(m, k) for m, k, _ in unique]
+    if choice.backend in ("onnxruntime", "openvino"):
+        from indexer.encode.precision_onnx import _quiet
+
+        path = tmp / "gemms.onnx"
+        names = [f"x{i}" for i in range(len(unique))]
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(_Layers(unique), tuple(inputs), str(path), dynamo=False, opset_version=17,
+                              input_names=names)
+        feeds = {n: x.numpy() for n, x in zip(names, inputs)}
+        if choice.backend == "onnxruntime":
+            import onnxruntime as ort
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            with _quiet():
+                quantize_dynamic(str(path), str(tmp / "gemms.int8.onnx"), weight_type=QuantType.QInt8)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(str(tmp / "gemms.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+            once = lambda: sess.run(None, feeds)  # noqa: E731
+        else:
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(str(path), "CPU", {
+                "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "PERFORMANCE_HINT": "LATENCY"})
+            req = compiled.create_infer_request()
+            once = lambda: req.infer(feeds)  # noqa: E731
+        reps = max(count.values())  # every shape occurs once per layer
+
+        def run() -> None:
+            for _ in range(reps):
+                once()
+
+        return run, flops
+    if choice.precision == "int8":
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mods = [(torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n)),
-                                                           {torch.nn.Linear}, dtype=torch.qint8),
-                     torch.randn(m, k)) for m, k, n in unique]
+            mods = [torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n)),
+                                                           {torch.nn.Linear}, dtype=torch.qint8)
+                    for _, k, n in unique]
     else:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        mods = [(torch.nn.Linear(k, n).to(dtype), torch.randn(m, k).to(dtype)) for m, k, n in unique]
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice.precision]
+        mods = [torch.nn.Linear(k, n).to(dtype) for _, k, n in unique]
+        inputs = [x.to(dtype) for x in inputs]
 
     def run() -> None:
         with torch.inference_mode():
-            for (mod, x), shape in zip(mods, unique):
+            for mod, x, shape in zip(mods, inputs, unique):
                 for _ in range(count[shape]):
                     mod(x)
 
@@ -96,6 +151,8 @@ def main() -> None:
     import numpy as np
     import torch
 
+    import open_clip
+
     from indexer.encode.cpu_features import cpu_description
     from indexer.encode.encoders import load_encoder
 
@@ -108,8 +165,11 @@ def main() -> None:
     enc = load_encoder(args.model, None, device="cpu", precision=args.precision)
     log.info("encoder loaded in %.1fs (probe included when not cached): %s", time.perf_counter() - start,
              enc.precision.reason)
-    arch = getattr(enc.model.visual, "inner", enc.model.visual)  # a converted tower keeps the architecture
-    gemms, flops = gemm_rate(_gemm_shapes(arch, args.batch), enc.precision.precision)
+    arch = enc.model.visual
+    if not hasattr(arch, "transformer"):  # a converted tower: its torch module, else the fp32 architecture
+        inner = arch.__dict__.get("inner")
+        arch = inner if hasattr(inner, "transformer") else open_clip.create_model(args.model).visual
+    gemms, flops = gemm_rate(_gemm_shapes(arch, args.batch), enc.precision, tmp)
     gflop = GFLOP_PER_IMAGE.get(args.model)
     if gflop is None:
         raise SystemExit(f"no GFLOP figure for {args.model}; known: {', '.join(GFLOP_PER_IMAGE)}")

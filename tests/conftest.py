@@ -46,6 +46,15 @@ def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> None:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_precision_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One precision probe per encoder for the whole session (each test's own XDG cache would re-probe and
+    re-export the tiny models every time); tests of the probe itself point it at their own folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path_factory.mktemp("precision-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

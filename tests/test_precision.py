@@ -218,7 +218,7 @@ def world_pair(world_tiny_clip_dir, world_library, tmp_path_factory):
     """The tiny CLIP in fp32 and with its image tower in bf16 (forced; it passed the cosine check)."""
     root = tmp_path_factory.mktemp("precision_cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root))
+        mp.setenv("PHOTODEX_PRECISION_CACHE", str(root))
         fp32 = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="fp32")
         bf16 = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="bf16",
                             candidates=[_unit_checked("torch-bf16")])
@@ -264,7 +264,7 @@ def test_exported_text_tower_of_a_bf16_encoder_stays_within_1e3_of_fp32(world_pa
 def test_random_vit_b32_bf16_and_int8_stay_within_the_cosine_floor(tmp_path, monkeypatch):
     """The real candidates on the real architecture, kept to a handful of images (a random ViT-B-32 builds
     in ~4 s; each encode of 4 images takes well under a second on 2 cores)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path))
     from PIL import Image
 
     fp32 = load_encoder("ViT-B-32", None, device="cpu", precision="fp32")
@@ -293,7 +293,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_info_shows_the_precision_of_each_run(world_tiny_clip_dir, tmp_path):
     lib = tmp_path / "lib"
     make_library(lib, 4)
-    env = {**env_offline(), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {**env_offline(), "PHOTODEX_PRECISION_CACHE": str(tmp_path / "cache")}
     model = ["--model", "local-dir:" + str(world_tiny_clip_dir), "--collection", str(tmp_path / "coll")]
     r = _cli("index", str(lib), *model, "--workers", "0", "--precision", "fp32", env=env)
     assert r.returncode == 0, r.stderr
@@ -346,7 +346,7 @@ def test_forced_precision_the_cpu_cannot_do_says_so_and_indexes_in_fp32(world_ti
     if cpu_features().flags & {"amx_fp16", "avx512_fp16"}:
         pytest.skip("this CPU has fp16 units; the refusal needs a CPU without them")
     make_library(tmp_path / "lib", 2)
-    env = {**env_offline(), "XDG_CACHE_HOME": str(tmp_path / "cache"), "PHOTODEX_PRECISION": "fp16"}
+    env = {**env_offline(), "PHOTODEX_PRECISION_CACHE": str(tmp_path / "cache"), "PHOTODEX_PRECISION": "fp16"}
     coll = tmp_path / "coll"
     r = _cli("index", str(tmp_path / "lib"), "--model", "local-dir:" + str(world_tiny_clip_dir),
              "--collection", str(coll), "--workers", "0", env=env)
@@ -359,9 +359,10 @@ def test_forced_precision_the_cpu_cannot_do_says_so_and_indexes_in_fp32(world_ti
 def test_text_tower_exports_when_the_image_tower_is_int8(tiny_clip, tmp_path, monkeypatch):
     """The ONNX exporter refuses a model holding quantised modules: the int8 image tower must not be one of the
     CLIP model's submodules, or ``photodex index`` at int8 loses its fast text path."""
-    from retrieval.search.text_tower import export_text_tower, load_text_tower
+    from retrieval.search.text_tower import load_text_tower
+    from retrieval.search.text_tower_export import export_text_tower
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path / "cache"))
     folder, _ = tiny_clip
     fp32 = load_encoder("local-dir:" + str(folder), device="cpu", precision="fp32")
     int8 = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
@@ -371,3 +372,62 @@ def test_text_tower_exports_when_the_image_tower_is_int8(tiny_clip, tmp_path, mo
     tower = load_text_tower(tmp_path / "tt", int8.spec.id)
     texts = ["a photo of a dog", "a red square", ""]
     assert np.abs(tower.encode_texts(texts) - fp32.encode_texts(texts)).max() <= 1e-3
+
+
+# ---- the ONNX candidates -------------------------------------------------------------------------------------------
+
+def _onnx_candidate(spec_id: str, name: str = "onnxruntime-int8") -> Candidate:
+    from indexer.encode.precision_onnx import onnx_candidates
+
+    cand = next(c for c in onnx_candidates(spec_id) if c.name == name)
+    return Candidate(cand.name, cand.precision, cand.build, (), cand.backend, cand.version)
+
+
+def test_onnxruntime_int8_tower_matches_fp32_and_its_export_is_cached(tiny_clip, tmp_path, monkeypatch):
+    from indexer.encode.precision_onnx import INT8_FILE, graphs_dir
+
+    monkeypatch.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path / "cache"))
+    folder, _ = tiny_clip
+    fp32 = load_encoder("local-dir:" + str(folder), device="cpu", precision="fp32")
+    int8 = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                        candidates=[_onnx_candidate(fp32.spec.id)])
+    assert int8.precision.candidate == "onnxruntime-int8" and int8.precision.min_cosine >= MIN_COSINE
+    rng = np.random.default_rng(5)
+    from PIL import Image
+
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(6)]
+    assert (fp32.encode_images(images) * int8.encode_images(images)).sum(1).min() >= MIN_COSINE
+    (graph,) = graphs_dir().glob(f"*/{INT8_FILE}")
+    stamp = graph.stat().st_mtime_ns
+    again = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                         candidates=[_onnx_candidate(fp32.spec.id)])
+    assert again.precision.candidate == "onnxruntime-int8" and graph.stat().st_mtime_ns == stamp  # not re-exported
+    graph.write_bytes(b"not an onnx graph")  # a damaged cache is exported again, not a failure
+    healed = load_encoder("local-dir:" + str(folder), device="cpu", precision="int8",
+                          candidates=[_onnx_candidate(fp32.spec.id)])
+    assert healed.precision.candidate == "onnxruntime-int8"
+    assert (fp32.encode_images(images) * healed.encode_images(images)).sum(1).min() >= MIN_COSINE
+
+
+def test_forced_int8_on_the_world_clip_is_refused_with_its_measured_cosine(world_tiny_clip_dir, tmp_path,
+                                                                           monkeypatch, caplog):
+    """A real case of the cosine floor: the world's tiny ResNet CLIP loses too much in onnxruntime int8."""
+    monkeypatch.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path / "cache"))
+    spec_id = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="fp32").spec.id
+    with caplog.at_level(logging.WARNING, logger="indexer.encode.precision"):
+        enc = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu", precision="int8",
+                           candidates=[_onnx_candidate(spec_id)])
+    assert enc.precision.precision == "fp32"
+    assert "int8 requested but refused: onnxruntime-int8 min cosine 0.99" in caplog.text
+    assert "encoding in fp32" in caplog.text
+
+
+def test_the_probe_cache_lives_under_the_user_cache_dir(tmp_path, monkeypatch):
+    from indexer.encode.precision_towers import precision_cache_dir
+
+    monkeypatch.delenv("PHOTODEX_PRECISION_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert precision_cache_dir() == tmp_path / "xdg" / "photodex" / "precision"
+    assert ProbeCache().directory == tmp_path / "xdg" / "photodex" / "precision"
+    monkeypatch.setenv("PHOTODEX_PRECISION_CACHE", str(tmp_path / "elsewhere"))
+    assert ProbeCache().directory == tmp_path / "elsewhere"

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write_json
 from .cpu_features import CpuFeatures, cpu_features
-from .precision_towers import Candidate, _bf16_tower, _fp16_tower, _int8_tower, user_cache_dir
+from .precision_towers import Candidate, _bf16_tower, _fp16_tower, _int8_tower, precision_cache_dir
 from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class ProbeCache:
     """Probe outcomes on disk, one JSON file per (encoder spec, machine); unreadable files count as missing."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else user_cache_dir() / "precision"
+        self.directory = Path(directory) if directory is not None else precision_cache_dir()
 
     def path(self, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

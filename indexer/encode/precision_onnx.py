@@ -6,9 +6,10 @@ ran 2.2-2.3x fp32's speed in onnxruntime with int8 dynamic quantisation and 2.4-
 candidate, so they are used only where they measure faster and match fp32.
 
 The export costs seconds (ViT-B-32: 17 s export + 12 s quantisation on the loaded box), so it is made once per
-encoder spec and library versions and kept under the user cache dir::
+encoder spec and library versions and kept in the precision cache (``$PHOTODEX_PRECISION_CACHE``, default
+``$XDG_CACHE_HOME/photodex/precision``)::
 
-    $XDG_CACHE_HOME/photodex/precision/graphs/<key>/visual.onnx (+ .data)   fp32 graph, pixels -> features
+    graphs/<key>/visual.onnx (+ .data)   fp32 graph, pixels -> features
                                                    visual.int8.onnx          onnxruntime dynamic int8 (QInt8)
 
 A graph folder is written in a staging folder and renamed into place, so a crash leaves no half graph; a graph
@@ -29,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .precision_towers import Candidate, _converted, user_cache_dir
+from .precision_towers import Candidate, _converted, precision_cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +51,7 @@ def _version(dist: str) -> str:
 
 
 def graphs_dir() -> Path:
-    return user_cache_dir() / "precision" / "graphs"
+    return precision_cache_dir() / "graphs"
 
 
 def _graph_key(spec_id: str) -> str:

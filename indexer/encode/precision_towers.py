@@ -24,6 +24,14 @@ def user_cache_dir() -> Path:
     return Path(base) / "photodex"
 
 
+def precision_cache_dir() -> Path:
+    """Where probe outcomes and exported graphs live: ``$PHOTODEX_PRECISION_CACHE``, else
+    ``$XDG_CACHE_HOME/photodex/precision`` (a read-only home, or one cache for many containers, can point it
+    elsewhere)."""
+    given = os.environ.get("PHOTODEX_PRECISION_CACHE")
+    return Path(given).expanduser() if given else user_cache_dir() / "precision"
+
+
 
 @dataclass(frozen=True)
 class Candidate:
