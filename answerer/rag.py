@@ -289,7 +289,8 @@ class Answerer:
         hits = self.searcher.search_text(query, SearchOptions(k=options.k, filters=options.filters,
                                                               collapse=options.collapse))
         if not hits and not self._has_vectors():  # checked only then: it is not free on a large catalog
-            raise InputError("the collection has no indexed photos; run `photodex index` first")
+            raise InputError("the collection has no indexed photos", hint="run `photodex index PATH` first",
+                             http_hint="start an index job first (POST /api/v1/index/jobs)")
         return hits
 
     def _has_vectors(self) -> bool:
@@ -441,9 +442,9 @@ def photo_hit(searcher: Searcher, photo_id: int, filters: SearchFilters | None =
     if not hits or not hits[0].paths:
         raise InputError(f"photo id {photo_id} is not in the collection")
     if int(photo_id) in set(hidden_ids(searcher.coll, filters).tolist()):
-        raise HiddenPhotoError(
-            f"photo #{photo_id} is quarantined or blocked by moderation; to use it anyway pass "
-            "--filter moderation=any (API: \"moderation\": \"any\")")
+        raise HiddenPhotoError(f"photo #{photo_id} is quarantined or blocked by moderation",
+                               hint="to use it anyway pass --filter moderation=any",
+                               http_hint='to use it anyway send "moderation": "any"')
     return hits[0]
 
 

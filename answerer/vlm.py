@@ -42,6 +42,10 @@ HOW_TO_SUPPLY_VLM = (
     "(model.safetensors) and the processor/tokenizer files (processor_config.json or "
     "preprocessor_config.json, tokenizer.json, chat template)"
 )
+HOW_THE_SERVER_GETS_A_VLM = (  # for an HTTP client: what the server's operator does, no CLI flags
+    "the server's operator downloads the model once on a machine with internet access and points the server's "
+    "PHOTODEX_VLM at that local folder"
+)
 
 #: Model families trained on several images per prompt: the RAG "joint" strategy suits them.
 MULTI_IMAGE_FAMILIES = frozenset({
@@ -102,6 +106,18 @@ class VLM:
         self._lock = threading.Lock()
         self.run_lock = threading.RLock()  # one generate/forward at a time on this model
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """What turns prompts and images into model inputs; its ``checked`` says which fast ways matched the
+        processor."""
+        return self._preprocessor
+
+    def reset_preprocessor(self) -> Preprocessor:
+        """Forget which fast preprocessing ways were checked and the memoised token ids (the next batch is
+        checked against the processor again, e.g. after the processor was changed); returns the new one."""
+        self._preprocessor = Preprocessor(self)
+        return self._preprocessor
+
     # ---- loading -------------------------------------------------------------------------
     @property
     def loaded(self) -> bool:
@@ -124,7 +140,8 @@ class VLM:
         path = Path(source).expanduser()
         local = _looks_local(source)
         if local and not path.is_dir():
-            raise VLMLoadError(f"VLM folder not found: {path}. To use a local model: {HOW_TO_SUPPLY_VLM}")
+            raise VLMLoadError(f"VLM folder not found: {path}", hint=f"to use a local model: {HOW_TO_SUPPLY_VLM}",
+                               http_hint=HOW_THE_SERVER_GETS_A_VLM)
         if local:
             source = str(path.resolve())
         device = self.device
@@ -140,8 +157,9 @@ class VLM:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             where = ("downloads are off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) and it is not in the "
                      "local Hugging Face cache; " if offline and not local else "")
-            raise VLMLoadError(f"could not load VLM {self.model_id_or_path!r}: {where}{first}. "
-                               f"To use a local model: {HOW_TO_SUPPLY_VLM}") from exc
+            raise VLMLoadError(f"could not load VLM {self.model_id_or_path!r}: {where}{first}",
+                               hint=f"to use a local model: {HOW_TO_SUPPLY_VLM}",
+                               http_hint=HOW_THE_SERVER_GETS_A_VLM) from exc
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"  # batched generation appends on the right

@@ -121,7 +121,8 @@ def build_collection(root: Path, n: int) -> Path:
     from indexer.encode.encoders import load_encoder
     from indexer.run import RunOptions, index_paths
     from retrieval.index.store import refresh_index
-    from tests.helpers import make_library, save_tiny_clip
+    from ui.demo.photos import make_library
+    from ui.demo.tiny_clip import save_tiny_clip
 
     model, _ = save_tiny_clip(root / "model")
     make_library(root / "lib", n, size=(32, 24))
@@ -303,7 +304,8 @@ def build_goal_collection(root: Path, n: int, model: str) -> tuple[Path, Path]:
     from retrieval.index.store import refresh_index
     from retrieval.moderation.policy import STARTER_POLICY, load_policy
     from retrieval.moderation.store import save_policy
-    from tests.helpers import make_library, save_tiny_clip
+    from ui.demo.photos import make_library
+    from ui.demo.tiny_clip import save_tiny_clip
 
     if model == "tiny":
         folder, _ = save_tiny_clip(root / "model")

@@ -14,9 +14,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .catalog.read import sqlite_path
 from .collection import Collection
 from .core.errors import ConfigError
 from .core.progress import Progress
+from .core.storage_errors import storage_refusals
 from .sync.plan import SyncReport, sync_catalog
 from .writer_lock import WriterLock
 
@@ -81,6 +83,41 @@ def _check_engine(engine: str) -> None:
         raise ConfigError(why)
 
 
+class _Position:
+    """How far a run got (its last progress report), for the message when the disk refuses a write."""
+
+    UNITS = {"hash": "new or changed files recorded", "encode": "photos encoded"}
+
+    def __init__(self, coll: Collection, forward: Progress | None) -> None:
+        self.coll, self.forward = coll, forward
+        self.phase, self.done, self.total = "", 0, 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self.phase, self.done, self.total = phase, done, total
+        if self.forward is not None:
+            self.forward(phase, done, total)
+
+    def describe(self) -> str:
+        got = (f"the run stopped with {self.done} of {self.total} {self.UNITS.get(self.phase, self.phase)}"
+               if self.phase else "the run stopped before writing anything")
+        try:  # reads still work on a full or read-only disk
+            stats = self.coll.stats()
+            kept = f" ({stats['indexed']} photos indexed, {stats['pending']} waiting to be encoded)"
+        except Exception:  # noqa: BLE001 - only words a message
+            kept = ""
+        return f"{got}; the catalog is consistent and keeps every committed batch{kept}"
+
+
+def catalog_name(coll: Collection) -> str:
+    """The catalog as a message names it: the SQLite file, else the database URL without its password."""
+    path = sqlite_path(coll.url)
+    if path is not None:
+        return str(path)
+    from sqlalchemy.engine import make_url
+
+    return make_url(coll.url).render_as_string(hide_password=True)
+
+
 def index_paths(
     coll: Collection,
     encoder: "Encoder | Callable[[], Encoder]",
@@ -103,7 +140,8 @@ def index_paths(
     check_roots(roots)
     start = time.perf_counter()
     held = nullcontext(lock) if lock is not None and lock.held else coll.writer_lock().acquire(wait=options.wait)
-    with held:
+    progress = position = _Position(coll, progress)
+    with held, storage_refusals(lambda: catalog_name(coll), position.describe):
         niced = yield_cpu(coll.path, options.nice, options.nice_scope)  # hash threads, decode workers inherit it
         sync = sync_catalog(coll, roots, options.include, options.exclude,
                             hash_threads=max(2, options.workers), retry_errors=options.retry_errors,

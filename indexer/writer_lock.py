@@ -27,7 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .child_processes import drop_in_children, keep_in_children
 from .core.errors import WriterBusyError
+from .core.storage_errors import storage_refusals
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -39,44 +41,20 @@ PG_LOCK_KEY = 0x70686F746F646578 & 0x7FFFFFFFFFFFFFFF  # "photodex"; advisory lo
 POLL_SECONDS = 0.2
 
 
-def holder_info() -> dict[str, Any]:
-    """Who is asking: pid, host, start time and command line."""
+def holder_info(note: dict[str, str] | None = None) -> dict[str, Any]:
+    """Who is asking: pid, host, start time and command line, plus ``note`` (``{"job": id}`` for an API job)."""
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200],
+            **(note or {})}
 
 
 def describe_holder(info: dict[str, Any] | None) -> str:
     if not info:
         return "another process"
-    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
+    return ((f"index job {info['job']} of " if info.get("job") else "")
+            + f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}"
             + (f" ({info['command']})" if info.get("command") else ""))
-
-
-_HELD_FDS: set[int] = set()  # lock files (and the PostgreSQL lock's socket) this process holds
-_fork_hook = False
-
-
-def _forget_held_in_child() -> None:
-    """In a forked child (a decode worker, say) close the inherited lock files: ``flock`` belongs to the
-    open file, so a worker that outlives a SIGKILLed writer for a few seconds would otherwise keep the
-    collection locked in a dead writer's name. Dropping the child's copy leaves the parent's lock held."""
-    if not _HELD_FDS:
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in list(_HELD_FDS):  # /dev/null in its place: the number stays taken, so nothing reuses it
-        with contextlib.suppress(OSError):
-            os.dup2(null, fd)
-    os.close(null)
-    _HELD_FDS.clear()
-
-
-def _hold(fd: int) -> None:
-    global _fork_hook
-    if not _fork_hook:
-        os.register_at_fork(after_in_child=_forget_held_in_child)
-        _fork_hook = True
-    _HELD_FDS.add(fd)
 
 
 def _socket_fd(conn: Any) -> int | None:
@@ -96,10 +74,12 @@ class WriterLock:
         self._fd: int | None = None
         self._conn: Any = None
         self._pg_fd: int | None = None
+        self._note: dict[str, str] | None = None
 
     # ---- one attempt ---------------------------------------------------------------------
     def _try_file(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with storage_refusals(context="nothing was changed"):  # a read-only collection: one line naming the file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -108,9 +88,9 @@ class WriterLock:
                 return False
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
+        os.pwrite(fd, json.dumps(holder_info(self._note)).encode(), 0)
         self._fd = fd
-        _hold(fd)
+        drop_in_children(fd)  # a decode worker outliving a SIGKILLed writer must not keep it locked
         return True
 
     def _try_pg(self) -> bool:
@@ -123,12 +103,13 @@ class WriterLock:
             conn.close()
             return False
         conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))
-        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"), {"v": json.dumps(holder_info())})
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('writer', :v)"),
+                     {"v": json.dumps(holder_info(self._note))})
         conn.commit()
         self._conn = conn
         self._pg_fd = _socket_fd(conn)
         if self._pg_fd is not None:  # the server keeps the lock while any process holds this socket open
-            _hold(self._pg_fd)
+            drop_in_children(self._pg_fd)
         return True
 
     def holder(self) -> dict[str, Any] | None:
@@ -145,9 +126,14 @@ class WriterLock:
         except Exception:  # noqa: BLE001 - only used to word a message
             return None
 
-    def acquire(self, wait: bool = False, timeout: float | None = None) -> "WriterLock":
-        """Take the lock, or raise :class:`WriterBusyError` naming the holder (``wait``: poll until free)."""
+    def acquire(self, wait: bool = False, timeout: float | None = None,
+                note: dict[str, str] | None = None) -> "WriterLock":
+        """Take the lock, or raise :class:`WriterBusyError` naming the holder (``wait``: poll until free).
+
+        ``note`` is recorded with the holder (an API index job gives ``{"job": id}``, so a refused client
+        is told which job to follow)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._note = note
         announced = False
         while True:
             got_file = self._try_file()
@@ -156,10 +142,11 @@ class WriterLock:
                 return self
             if got_file:
                 self._release_file()
-            holder = describe_holder(self.holder())
+            info = self.holder()
+            holder = describe_holder(info)
             if not wait or (deadline is not None and time.monotonic() >= deadline):
-                raise WriterBusyError(f"collection {self.path.parent} is being written by {holder}; "
-                                      "try again when it ends, or pass --wait")
+                raise WriterBusyError(f"collection {self.path.parent} is being written by {holder}", holder=info,
+                                      hint="try again when it ends, or pass --wait")
             if not announced:
                 log.warning("waiting for the writer lock held by %s", holder)
                 announced = True
@@ -169,7 +156,7 @@ class WriterLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            _HELD_FDS.discard(self._fd)
+            keep_in_children(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -177,7 +164,7 @@ class WriterLock:
         if self._conn is not None:
             from sqlalchemy import text
 
-            _HELD_FDS.discard(self._pg_fd)  # type: ignore[arg-type]
+            keep_in_children(self._pg_fd)
 
             with contextlib.suppress(Exception):
                 self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))

@@ -5,6 +5,8 @@ Sub-packages (each may import only the ones named after it, and retrieval's modu
     classify    labels, templates, zero-shot weights and cache, few-shot heads, tagging, metrics
     moderation  versioned policies, decisions and their history, re-evaluation, calibration (imports classify)
     search      text / image / id search, filters, query arithmetic, collapse, the fast text path (imports index)
+    evaluation  caption files, Recall@K and zero-shot as clip_benchmark reports them, the eval
+                vector cache, model comparison (imports classify, index)
 Modules (below every sub-package):
     scoring     L2-normalisation, top-k and softmax shared by all of them
     outcomes    moderation's decision vocabulary (actions, outcomes, which hide a photo)

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.collection import Collection
+from indexer.core.errors import WriterBusyError
 from indexer.run import RunOptions, index_paths
 from ui.settings import Settings
 from retrieval.index.store import refresh_index
@@ -114,11 +115,18 @@ def test_one_writer_409_and_cancel(small, tiny_encoder):
     with TestClient(app) as c:
         first = c.post(f"{API}/index/jobs", json={"paths": [str(lib)]}, headers=h)
         assert first.status_code == 202 and first.json()["status"] == "running"
-        err = assert_error(c.post(f"{API}/index/jobs", json={"paths": [str(lib)]}, headers=h), 409, "writer_busy")
+        busy = c.post(f"{API}/index/jobs", json={"paths": [str(lib)]}, headers=h)
+        err = assert_error(busy, 409, "writer_busy")
+        job_id = first.json()["id"]
         assert f"pid {os.getpid()}" in err["message"]
+        # what an HTTP client can do: follow the job that holds the writer, retry after Retry-After (issue 21.8)
+        assert f"index job {job_id}" in err["message"] and f"GET {API}/index/jobs/{job_id}" in err["message"]
+        assert "--" not in err["message"] and busy.headers["Retry-After"] == "10"
+        assert err["detail"] == {"job_id": job_id, "retry_after_s": 10}
         with Collection.open(root / "coll") as other:  # another process-level writer is refused too
-            with pytest.raises(Exception, match="being written"):
+            with pytest.raises(WriterBusyError, match=f"being written by index job {job_id}") as refused:
                 other.writer_lock().acquire()
+            assert "pass --wait" in str(refused.value)  # the CLI's hint stays the CLI's
         time.sleep(0.1)
         progress = c.get(f"{API}/index/jobs/{first.json()['id']}", headers=h).json()
         assert progress["phase"] == "hash" and progress["total"] == 10_000 and progress["done"] >= 1
@@ -129,7 +137,10 @@ def test_one_writer_409_and_cancel(small, tiny_encoder):
     app = create_app(_settings(root, lib), encoder_loader=lambda s: tiny_encoder)
     with Collection.open(root / "coll") as holder, holder.writer_lock().acquire():
         with TestClient(app) as c:
-            assert_error(c.post(f"{API}/index/jobs", json={"paths": [str(lib)]}, headers=h), 409, "writer_busy")
+            busy = c.post(f"{API}/index/jobs", json={"paths": [str(lib)]}, headers=h)
+            err = assert_error(busy, 409, "writer_busy")
+            assert "--wait" not in err["message"] and "retry when it ends (Retry-After: 10 s)" in err["message"]
+            assert busy.headers["Retry-After"] == "10" and err["detail"] == {"job_id": None, "retry_after_s": 10}
 
 
 def test_original_refuses_a_catalogued_file_swapped_for_a_symlink(small, tiny_encoder, tmp_path):

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers import SMALL_WORLD
 from ui.settings import Settings
-from tests.world_collection import build_world_collection
 from ui.api.app import create_app
 
 API = "/api/v1"
@@ -36,8 +36,9 @@ class GatedEncoder:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("latency_api"), world_tiny_clip_dir, n=24, seed=3)
+def world(world_of, tmp_path_factory):
+    """A copy of the small shared world: a running server marks the collection it serves."""
+    return world_of(*SMALL_WORLD).copy(tmp_path_factory.mktemp("latency_api") / "collection")
 
 
 def test_photo_metadata_answers_while_many_searches_wait_on_the_encoder(world):

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
@@ -20,9 +19,8 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies
 from tests.api_support import assert_error
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import build_world_collection
-from ui.api.app import create_app
+from tests.helpers import WORLD
+from ui.demo.world import UNSAFE_CONCEPT
 from ui.api.moderation_schemas import Outcome
 from ui.api.security import create_api_key
 
@@ -38,8 +36,9 @@ def skull_policy(threshold: float, review: float | None = None, name: str = "wor
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("api_moderation"), world_tiny_clip_dir, n=160, seed=11)
+def world(world_of, tmp_path_factory):
+    """A copy of the shared world: these tests store keys, policies and decisions in it."""
+    return world_of(*WORLD).copy(tmp_path_factory.mktemp("api_moderation") / "collection")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,8 @@ def keys(world):
 
 
 @pytest.fixture(scope="module")
-def client(world, keys):
-    settings = Settings(collection=world.path, api_max_upload_bytes=300_000)
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+def client(world, keys, api_client):
+    with api_client(Settings(collection=world.path, api_max_upload_bytes=300_000), world.encoder) as c:
         yield c
 
 
@@ -188,7 +185,8 @@ def test_rescan_dry_run_writes_nothing_and_a_real_run_needs_write_and_the_lock(c
     assert_error(client.post(f"{API}/moderate/rescan", json=real), 401, "unauthorized")
     assert_error(client.post(f"{API}/moderate/rescan", json=real, headers={"X-API-Key": keys["read"]}), 403)
     with Collection.open(world.path) as holder, holder.writer_lock().acquire():
-        assert_error(client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys)), 409, "writer_busy")
+        busy = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
+        assert "--wait" not in assert_error(busy, 409, "writer_busy")["message"] and busy.headers["Retry-After"]
     assert _counts(coll) == before
     done = client.post(f"{API}/moderate/rescan", json=real, headers=_w(keys))
     assert done.status_code == 200 and done.json()["run_id"] and not done.json()["dry_run"]
@@ -334,6 +332,18 @@ def test_bad_input_is_a_4xx_in_the_error_shape_and_changes_nothing(client, keys,
     assert _counts(coll) == before
 
 
+def test_calibrate_with_95k_unknown_ids_names_their_count_and_a_few(world, keys, stored):
+    unknown = list(range(10_000_000, 10_095_000))  # a 950 KB body: under the default 32 MiB limit
+    body = {"concept": UNSAFE_CONCEPT, "positive_ids": unknown, "negative_ids": [2], "target_precision": 0.9}
+    app = create_app(Settings(collection=world.path), encoder_loader=lambda s: world.encoder)
+    with TestClient(app, raise_server_exceptions=False) as big_bodies:
+        resp = big_bodies.post(f"{API}/moderate/calibrate", json=body, headers=_w(keys))
+    err = assert_error(resp, 422, "invalid_input")
+    assert len(resp.content) < 2_000, len(resp.content)
+    assert "95000 photo ids" in err["message"] and "10000000, 10000001" in err["message"], err
+    assert "10094999" not in err["message"]
+
+
 def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     doc = client.get("/openapi.json").json()
     routes = {("/api/v1/moderate", "post"): ("ModerateForm", "ModerationDecisionOut"),
@@ -358,13 +368,12 @@ def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     assert get_args(Outcome) == OUTCOMES == tuple(schemas["StoredDecisionOut"]["properties"]["action"]["enum"])
 
 
-def test_no_active_policy_and_another_collection_copy(tmp_path, world):
+def test_no_active_policy_and_another_collection_copy(tmp_path, world, api_client):
     """A copy of the collection without policies: every policy-using route says there is none (404)."""
     with world.private_copy(tmp_path / "coll") as c, c.catalog.session() as s, s.begin():
         for table in (ModerationState, ModerationDecision, ModerationRun, ModerationPolicy):
             s.query(table).delete()
-    app = create_app(Settings(collection=tmp_path / "coll"), encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client(Settings(collection=tmp_path / "coll"), world.encoder) as c:
         for url, kw in (("/moderate", {"data": {"photo_id": "1"}}), ("/moderate/rescan", {}),
                         ("/moderate/calibrate", {"json": {"concept": "x", "positive_ids": [1], "negative_ids": [2],
                                                           "target_recall": 1.0}})):

@@ -15,10 +15,9 @@ from sqlalchemy import func, select
 from indexer.catalog.models import INDEXED, Embedding, Photo
 from indexer.collection import Collection
 from indexer.core.errors import WriterBusyError
-from indexer.run import RunOptions, index_paths
-from tests.helpers import env_offline, make_library
+from indexer.run import index_paths
+from tests.helpers import OPTS, env_offline, make_library
 
-OPTS = RunOptions(batch_size=8, workers=0)
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -62,6 +61,7 @@ def test_cli_second_run_exits_2_with_one_line_or_waits(created, tiny_clip):
         out, err = refused.communicate(timeout=120)
         assert refused.returncode == 2, err
         assert "being written by pid" in err and str(os.getpid()) in err and "Traceback" not in err
+        assert "or pass --wait" in err and err.count("\n") == 1  # the CLI's hint: one line
         waiting = _cli("index", str(lib), "--collection", str(coll_dir), "--wait", "--json")
         time.sleep(1.0)
         assert waiting.poll() is None  # still waiting for the lock

@@ -28,7 +28,7 @@ from indexer.catalog.models import Embedding, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.distributed import EncoderRecipe, RayOptions
 from indexer.run import RunOptions, index_paths
-from tests.helpers import env_offline, make_library, random_photo
+from tests.helpers import env_offline, index_into, make_library, random_photo
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 50_000_000
@@ -145,13 +145,11 @@ def _mixed_library(lib: Path) -> None:
     random_photo(lib / "rotated.jpg", (60, 40), seed=78, exif=exif)
 
 
+RAY_OPTS = RunOptions(batch_size=4, workers=0, max_image_pixels=MAX_PIXELS)
+
+
 def _index(coll_dir: Path, encoder: Any, lib: Path, **kw: Any):
-    coll = Collection.open_for_encoder(coll_dir, encoder.spec)
-    try:
-        return index_paths(coll, encoder, [lib], RunOptions(batch_size=4, workers=0, max_image_pixels=MAX_PIXELS,
-                                                            **kw))
-    finally:
-        coll.close()
+    return index_into(coll_dir, encoder, [lib], opts=RAY_OPTS, **kw)
 
 
 def _vectors(db: Path) -> dict[int, bytes]:

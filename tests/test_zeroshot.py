@@ -398,7 +398,8 @@ def test_evaluate_zero_shot_report():
     assert report.top5 == 1.0
     assert report.per_class == {"dog": 1.0, "cat": pytest.approx(2 / 3), "car": pytest.approx(1 / 3)}
     assert report.confusions == [("cat", "dog", 1), ("car", "dog", 1), ("car", "cat", 1)]
-    assert set(report.to_dict()) == {"n", "top1", "top5", "per_class", "confusions"}
+    assert report.mean_per_class_recall == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
+    assert set(report.to_dict()) == {"n", "top1", "top5", "per_class", "confusions", "mean_per_class_recall"}
     with pytest.raises(ValueError, match="labels must be in"):
         evaluate_scores(np.ones((2, 3)), np.array([0, 3]))
 

@@ -3,6 +3,7 @@
 Modules:
     labels       label validation and prompt expansion (classnames x templates)
     templates    template sets (imagenet80, imagenet7, photos) and template files
+    class_names  class names for ImageFolder sub-folders: clip_benchmark's lists by name, or a file
     weights      prompt-ensemble zero-shot weights and their cache key
     cache        the weights cache (memory LRU + .npy files)
     scoring      cosines, probabilities, top-k and thresholds over stored vectors

@@ -27,9 +27,11 @@ __all__ = [
 class EvalReport:
     """Classification accuracy summary.
 
-    ``per_class`` maps class name (or index) to accuracy, for classes that occur in
-    the labels; ``confusions`` lists the most frequent ``(true, predicted, count)``
-    errors, most frequent first.
+    ``per_class`` maps class name (or index) to accuracy (its recall), for classes that
+    occur in the labels; ``confusions`` lists the most frequent ``(true, predicted, count)``
+    errors, most frequent first; ``mean_per_class_recall`` is the mean of ``per_class``
+    (clip_benchmark's figure: scikit-learn's ``balanced_accuracy_score``, which averages the
+    recall of the classes present in the labels).
     """
 
     n: int
@@ -37,6 +39,7 @@ class EvalReport:
     top5: float
     per_class: dict[str | int, float] = field(default_factory=dict)
     confusions: list[tuple[str | int, str | int, int]] = field(default_factory=list)
+    mean_per_class_recall: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +101,9 @@ def evaluate_scores(
     pairs, pair_counts = np.unique(np.stack([y[wrong], pred[wrong]], axis=1), axis=0, return_counts=True)
     order = sorted(range(len(pair_counts)), key=lambda i: (-pair_counts[i], *pairs[i]))[:n_confusions]
     confusions = [(names[pairs[i][0]], names[pairs[i][1]], int(pair_counts[i])) for i in order]
-    return EvalReport(n=n, top1=float(correct.mean()), top5=top5, per_class=per_class, confusions=confusions)
+    recalls = hits[counts > 0] / counts[counts > 0]
+    return EvalReport(n=n, top1=float(correct.mean()), top5=top5, per_class=per_class, confusions=confusions,
+                      mean_per_class_recall=float(recalls.mean()))
 
 
 def evaluate_zero_shot(

@@ -23,9 +23,24 @@ def cosine_scores(image_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return l2_normalize(x) @ l2_normalize(w).T
 
 
-def zero_shot_probs(image_vectors: np.ndarray, weights: np.ndarray, logit_scale: float) -> np.ndarray:
-    """Class probabilities (n, c): ``softmax(logit_scale * cosine)`` over the given classes."""
-    return softmax(float(logit_scale) * cosine_scores(image_vectors, weights))
+SOFTMAX = "softmax"
+SIGMOID = "sigmoid"
+
+
+def scoring_kind(logit_bias: float | None) -> str:
+    """How a model's label probabilities are made: CLIP's softmax over the labels, or SigLIP's sigmoid per label."""
+    return SOFTMAX if logit_bias is None else SIGMOID
+
+
+def zero_shot_probs(image_vectors: np.ndarray, weights: np.ndarray, logit_scale: float,
+                    logit_bias: float | None = None) -> np.ndarray:
+    """Class probabilities (n, c): ``softmax(logit_scale * cosine)`` over the given classes, or with a model's
+    ``logit_bias`` (SigLIP) ``sigmoid(logit_scale * cosine + logit_bias)`` for each class on its own: the
+    probability that the label applies, which does not change when other labels are added."""
+    logits = float(logit_scale) * cosine_scores(image_vectors, weights)
+    if logit_bias is None:
+        return softmax(logits)
+    return (1.0 / (1.0 + np.exp(-(logits + np.float32(logit_bias))))).astype(np.float32)
 
 
 def multi_label(scores: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
@@ -54,8 +69,9 @@ def classify_vectors(
     k: int = 5,
     chunk: int = 65536,
     normalize: bool = True,
+    logit_bias: float | None = None,
 ) -> TopK:
-    """Top-k classes and softmax probabilities for many vectors, in bounded memory.
+    """Top-k classes and softmax probabilities (sigmoid ones with a ``logit_bias``) for many vectors, in bounded memory.
 
     Per chunk of ``chunk`` rows: one float32 ``np.matmul`` of (chunk, d) x (d, c) into a reused
     buffer with ``logit_scale`` folded into the weights; the buffer is then turned into
@@ -63,7 +79,7 @@ def classify_vectors(
     probabilities are their share of the row sum. Public torch kernels (multithreaded) throughout:
     NumPy's single-threaded argpartition and exp measured 2x slower here (``bench/bench_tagging.py
     --profile``), and no probability matrix is allocated.
-    Results equal ``top_k(zero_shot_probs(vectors, weights, logit_scale), k)`` up to float rounding.
+    Results equal ``top_k(zero_shot_probs(vectors, weights, logit_scale, logit_bias), k)`` up to float rounding.
     ``vectors`` may be any sliceable 2-D array (e.g. ``np.memmap``). With ``normalize=True``
     rows are L2-normalised, skipping chunks already unit-norm to 1e-6.
     Memory: about ``chunk * (c + d) * 4`` bytes besides the (n, k) outputs.
@@ -94,6 +110,11 @@ def classify_vectors(
                 if np.abs(sq_norms - 1.0).max() > 2e-6:  # |norm - 1| > ~1e-6
                     x = x / np.maximum(np.sqrt(sq_norms), 1e-12)[:, None]
             logits = torch.from_numpy(np.matmul(x, scaled_wt, out=logits_buf[: stop - start]))  # O(n*d*c)
+            if logit_bias is not None:  # SigLIP: each label on its own; sigmoid is monotone, so rank the logits
+                top = torch.topk(logits, k, dim=1, largest=True, sorted=True)
+                out_prob[start:stop] = torch.sigmoid(top.values + float(logit_bias)).numpy()
+                out_idx[start:stop] = top.indices.numpy()
+                continue
             exps = logits.sub_(torch.amax(logits, dim=1, keepdim=True)).exp_()  # in place: no new matrix
             top = torch.topk(exps, k, dim=1, largest=True, sorted=True)  # exp is monotone: same ranking
             out_prob[start:stop] = (top.values / exps.sum(dim=1, keepdim=True)).numpy()

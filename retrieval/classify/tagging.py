@@ -27,7 +27,7 @@ from retrieval.visibility import visible_mask
 
 from .cache import ZeroShotCache
 from .labels import validate_classnames
-from .scoring import classify_vectors, cosine_scores, multi_label
+from .scoring import classify_vectors, cosine_scores, multi_label, scoring_kind
 from .templates import ensure_templates
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,15 @@ class ZeroShotClassifier:
         self.cache = ZeroShotCache(cache_dir)
         self.weights = self.cache.get_or_build(encoder.spec.id, self.classnames, self.templates, encoder.encode_texts)
 
+    @property
+    def scoring(self) -> str:
+        """``softmax`` (CLIP: over the label list) or ``sigmoid`` (a model with a logit bias: per label)."""
+        return scoring_kind(getattr(self.encoder, "logit_bias", None))
+
     def top_k(self, vectors: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Softmax over the label list with the model's logit scale; top ``k`` per vector."""
-        res = classify_vectors(vectors, self.weights, self.encoder.logit_scale, k=min(k, len(self.classnames)))
+        """Top ``k`` labels per vector with probabilities in the model's own scoring (see :attr:`scoring`)."""
+        res = classify_vectors(vectors, self.weights, self.encoder.logit_scale, k=min(k, len(self.classnames)),
+                               logit_bias=getattr(self.encoder, "logit_bias", None))
         return [[(self.classnames[i], float(p)) for i, p in zip(idx, prob)] for idx, prob in zip(res.indices, res.values)]
 
     def multi_label(self, vectors: np.ndarray, thresholds: float | Sequence[float]) -> list[list[tuple[str, float]]]:
@@ -135,7 +141,7 @@ def tag_library(coll: Collection, clf: ZeroShotClassifier, taxonomy: str, k: int
     log.info("tagged %d photos with %d tags (taxonomy %s); %d left out by moderation", len(ids), len(rows),
              taxonomy, skipped)
     return {"taxonomy": taxonomy, "photos": int(len(ids)), "tags": len(rows), "per_label": dict(counts.most_common()),
-            "skipped_by_moderation": skipped}
+            "skipped_by_moderation": skipped, "scoring": clf.scoring}
 
 
 def list_tags(coll: Collection, taxonomy: str | None = None) -> list[dict[str, Any]]:

@@ -10,11 +10,17 @@ Built-in sets (``retrieval/template_sets/*.txt``):
 * ``imagenet80`` - the 80 ImageNet prompts of the CLIP paper
   (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``);
 * ``imagenet7`` - the 7-prompt subset (``SIMPLE_IMAGENET_TEMPLATES``);
-* ``photos`` - prompts suited to personal photo libraries.
+* ``photos`` - prompts suited to personal photo libraries;
+* clip_benchmark's per-data-set sets by its data set names (``cifar10``, ``cifar100``, ``imagenet1k``,
+  ``food101``, ``sun397``, ``cars``, ...; ``openai_imagenet`` is its ``imagenet1k``, the CLIP paper's
+  80), from ``template_sets/clip_benchmark_en.json`` (clip_benchmark 1.6.2, MIT licence), so a
+  figure uses the prompts its leaderboard used.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,6 +38,8 @@ __all__ = [
 ]
 
 TEMPLATE_SET_DIR = Path(__file__).resolve().parent / "template_sets"
+CLIP_BENCHMARK_SETS = TEMPLATE_SET_DIR / "clip_benchmark_en.json"
+ALIASES = {"openai_imagenet": "imagenet1k"}
 _FORMATTER = string.Formatter()
 
 
@@ -39,9 +47,22 @@ class TemplateError(InputError):
     """A template set is unknown, empty or contains an invalid template."""
 
 
-def list_template_sets() -> list[str]:
-    """Names of the built-in template sets, sorted."""
+@functools.cache
+def _clip_benchmark_sets() -> dict[str, tuple[str, ...]]:
+    sets = json.loads(CLIP_BENCHMARK_SETS.read_text(encoding="utf-8"))["sets"]
+    out = {name: parse_templates(lines, source=f"clip_benchmark set {name}") for name, lines in sets.items()}
+    out.update({alias: out[name] for alias, name in ALIASES.items()})
+    return out
+
+
+def _own_sets() -> list[str]:
     return sorted(p.stem for p in TEMPLATE_SET_DIR.glob("*.txt"))
+
+
+def list_template_sets() -> list[str]:
+    """Names of the built-in template sets: photodex's own, then clip_benchmark's, each sorted."""
+    own = _own_sets()
+    return own + sorted(n for n in _clip_benchmark_sets() if n not in own)
 
 
 def validate_template(template: str, where: str = "template") -> str:
@@ -89,8 +110,10 @@ def parse_templates(lines: Iterable[str], source: str = "<templates>") -> tuple[
 
 def load_templates(name_or_path: str | Path) -> tuple[str, ...]:
     """Load a built-in template set by name (see :func:`list_template_sets`) or a file path."""
-    if isinstance(name_or_path, str) and name_or_path in list_template_sets():
+    if isinstance(name_or_path, str) and name_or_path in _own_sets():
         path = TEMPLATE_SET_DIR / f"{name_or_path}.txt"
+    elif isinstance(name_or_path, str) and name_or_path in _clip_benchmark_sets():
+        return _clip_benchmark_sets()[name_or_path]
     else:
         path = Path(name_or_path)
         if not path.is_file():

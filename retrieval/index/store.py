@@ -380,6 +380,14 @@ def _load_in_background(key: str, coll: Collection, state: dict[str, Any], reuse
     threading.Thread(target=work, name="photodex-index-load", daemon=True).start()
 
 
+def clear_cache() -> None:
+    """Forget every index view and background load this process holds: the next ``open_index`` of each
+    collection reads its index file again (after a collection's files were changed behind this process's back)."""
+    with _cache_lock:
+        _cache.clear()
+        _loaded.clear()
+
+
 def with_delta(coll: Collection, base: Base | None, base_current: bool, generation: int,
                previous: SearchableIndex | None = None, version: str | None = None) -> SearchableIndex:
     """The complete view at ``generation``: ``base`` plus an exact scan of the vectors committed after it

@@ -151,8 +151,10 @@ def _find(s: Any, name: str | None, version: int | None) -> ModerationPolicy:
             raise InputError("a policy version needs the policy name")
         row = s.scalar(select(ModerationPolicy).where(ModerationPolicy.active.is_(True)))
         if row is None:
-            raise PolicyError("no active moderation policy; store one with `photodex policy set FILE --activate` "
-                              "or name one with --policy")
+            raise PolicyError("no active moderation policy",
+                              hint="store one with `photodex policy set FILE --activate` or name one with --policy",
+                              http_hint="store one with POST /api/v1/policies?activate=true, or name one with "
+                                        "`policy`")
         return row
     stmt = select(ModerationPolicy).where(ModerationPolicy.name == name)
     row = s.scalar(stmt.where(ModerationPolicy.version == version) if version is not None

@@ -25,7 +25,8 @@ from .security import Principal, verify_api_key
 
 API_KEY_HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
-                              description="an API key from `photodex apikey create NAME --scope read|write|admin`")
+                              description="an API key of scope read, write or admin (the server's operator "
+                                          "makes one with `photodex apikey create`)")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -82,8 +83,8 @@ def _refused(request: Request, reason: str, message: str) -> ApiError:
 
 def _principal(request: Request, key: str | None, scope: str) -> Principal:
     if not key:
-        raise _refused(request, "missing_key", f"this route needs an API key in the {API_KEY_HEADER} header "
-                       f"(`photodex apikey create NAME --scope {scope}`)")
+        raise _refused(request, "missing_key", f"this route needs an API key of scope {scope} in the {API_KEY_HEADER} "
+                       "header (the server's operator makes one with `photodex apikey create`)")
     principal = verify_api_key(_runtime(request).collection.catalog, key)
     if principal is None:
         raise _refused(request, "unknown_key", "unknown or revoked API key")

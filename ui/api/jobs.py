@@ -105,8 +105,9 @@ class JobManager:
     def start(self, paths: Sequence[str], retry_errors: bool = False) -> Job:
         """Check the paths, take the writer lock (409 if held) and run the job in a thread."""
         real = allowed_paths(paths, self.settings.api_library_roots)
-        lock = self.coll.writer_lock().acquire(wait=False)  # WriterBusyError → 409
-        job = Job(id=uuid.uuid4().hex, paths=real)
+        job_id = uuid.uuid4().hex
+        lock = self.coll.writer_lock().acquire(wait=False, note={"job": job_id})  # WriterBusyError → 409
+        job = Job(id=job_id, paths=real)
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
                              exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook(),
@@ -151,7 +152,7 @@ class JobManager:
             job.status = "cancelled"
             log.info("index job %s cancelled", job.id)
         except PhotodexError as exc:
-            job.status, job.error = "failed", str(exc)
+            job.status, job.error = "failed", exc.for_http()
             log.warning("index job %s failed: %s", job.id, exc)
         except Exception:  # noqa: BLE001 - a job's crash is reported on the job, logged here
             job.status, job.error = "failed", "internal error (logged on the server)"

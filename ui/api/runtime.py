@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.collection import Collection
+from indexer.encode.decode import set_max_image_pixels
 from indexer.priority import ServingMark
 from retrieval.index.loader import IndexLoader, one_blas_thread
 from ui.settings import Settings
@@ -113,6 +114,7 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
                  index_runner: Runner | None = None) -> Runtime:
     """Open the collection, load and warm the encoder, open the search index (blocking: run in a thread)."""
     start = time.perf_counter()
+    set_max_image_pixels(settings.max_image_pixels)  # the limit decode workers use, for uploads too
     one_blas_thread()  # requests run concurrently: each one's small products on one thread
     coll = Collection.open(settings.collection, settings.database_url)
     encoder: EncoderBatcher | LockedEncoder | None = None

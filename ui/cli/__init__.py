@@ -6,6 +6,7 @@ Modules:
     indexing  index, reindex, info
     search    search, similar
     classify  classify, tags, eval zeroshot
+    evaluate  eval retrieval, and several --model values compared in one table (eval zeroshot too)
     moderation  policy, moderate, calibrate, decisions
     answer    ask, caption, rerank, eval pope
     serve     serve (the API), apikey

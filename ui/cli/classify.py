@@ -1,4 +1,5 @@
-"""``photodex classify``, ``photodex tags`` and ``photodex eval zeroshot`` (``eval pope``: ui/cli/answer.py)."""
+"""``photodex classify``, ``photodex tags`` and the ``eval`` group (``eval zeroshot``/``retrieval``: ui/cli/evaluate.py,
+``eval pope``: ui/cli/answer.py)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         emit(result, args.json, lambda r: f"tagged {r['photos']} photos with {r['tags']} tags in taxonomy "
              f"{r['taxonomy']!r}: " + ", ".join(f"{k} {v}" for k, v in r["per_label"].items())
              + (f" ({r['skipped_by_moderation']} left out by moderation; --moderation any includes them)"
-                if r["skipped_by_moderation"] else ""))
+                if r["skipped_by_moderation"] else "")
+             + (" (sigmoid scoring: each probability is the label's own, from the model's logit bias)"
+                if r.get("scoring") == "sigmoid" else ""))
         return 0
     encoder = load_chosen_encoder(settings)
     clf = _classifier(args, labels, encoder, None)
@@ -98,35 +101,6 @@ def cmd_tags(args: argparse.Namespace) -> int:
     with open_collection(settings_from(args)) as coll:
         rows = list_tags(coll, args.taxonomy)
     emit(rows, args.json, lambda rs: "\n".join(f"{r['taxonomy']}\t{r['label']}\t{r['photos']}" for r in rs) or "no tags")
-    return 0
-
-
-def cmd_eval_zeroshot(args: argparse.Namespace) -> int:
-    from retrieval.classify.eval_folder import evaluate_image_folder
-    from ui.context import load_chosen_encoder
-
-    encoder = load_chosen_encoder(settings_from(args))
-    report = evaluate_image_folder(encoder, args.folder, args.templates, shots=args.shots, seed=args.seed)
-
-    def text(r: dict[str, Any]) -> str:
-        zs = r["zero_shot"]
-        lines = [f"{r['images']} images, {r['classes']} classes, {r['templates']} templates",
-                 f"zero-shot top-1 {zs['top1']:.4f}  top-5 {zs['top5']:.4f}"]
-        if "templates_compared" in r:
-            t = r["templates_compared"]
-            lines.append(f"ensemble top-1 {t['ensemble_top1']:.4f} vs single templates "
-                         f"{t['worst_single_top1']:.4f}..{t['best_single_top1']:.4f}")
-        if "few_shot" in r:
-            f = r["few_shot"]
-            lines.append(f"{f['shots_per_class']}-shot: {f['few_shot_top1']:.4f} vs zero-shot {f['zero_shot_top1']:.4f} "
-                         f"on {f['held_out']} held-out images (gain {f['gain']:+.4f})")
-        worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:5]
-        lines.append("weakest classes: " + ", ".join(f"{k} {v:.2f}" for k, v in worst))
-        if zs["confusions"]:
-            lines.append("top confusions: " + ", ".join(f"{a}->{b} ({n})" for a, b, n in zs["confusions"][:5]))
-        return "\n".join(lines)
-
-    emit(report, args.json, text)
     return 0
 
 
@@ -161,14 +135,9 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser("eval", help="evaluate classifiers")
     ev = p.add_subparsers(dest="what", required=True)
-    z = ev.add_parser("zeroshot", help="zero-shot (and few-shot) accuracy on an ImageFolder layout",
-                      parents=shared_options(model=True))
-    z.add_argument("folder")
-    z.add_argument("--templates", default="photos")
-    z.add_argument("--shots", type=int, default=0, help="also fit a few-shot head with N labelled images per class")
-    z.add_argument("--seed", type=int, default=0)
-    z.set_defaults(func=cmd_eval_zeroshot)
-
     from .answer import register_pope
+    from .evaluate import register_retrieval, register_zeroshot
 
+    register_zeroshot(ev)
     register_pope(ev)
+    register_retrieval(ev)

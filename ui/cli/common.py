@@ -15,12 +15,14 @@ EXIT_USAGE = 2
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Settings from the environment with the command's explicit flags on top.
+    """Settings from the environment with the command's explicit flags on top; their decompression-bomb
+    limit becomes this process's, so a query image meets the limit the index's decode workers use.
 
     ``Settings.model_fields_set`` then says which fields were given (flag or ``PHOTODEX_*``)."""
+    from indexer.encode.decode import set_max_image_pixels
     from ui.settings import get_settings  # pydantic-settings: ~0.1-0.2 s, not needed for --help
 
-    return get_settings(
+    settings = get_settings(
         collection=getattr(args, "collection", None),
         database_url=getattr(args, "database_url", None),
         model=getattr(args, "model", None),
@@ -29,6 +31,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         batch_size=getattr(args, "batch_size", None),
         workers=getattr(args, "workers", None),
     )
+    set_max_image_pixels(settings.max_image_pixels)
+    return settings
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:

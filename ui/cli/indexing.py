@@ -12,7 +12,7 @@ from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_
 
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
-    from retrieval.index.store import refresh_index
+    from indexer.core.storage_errors import storage_refusals
     from ui.context import ensure_fast_text_path, ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
@@ -39,8 +39,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         data = summary.to_dict()
-        data["index"] = refresh_index(coll, shards=_shards(args, settings))
-        data["text_tower"] = ensure_fast_text_path(coll, load)
+        from retrieval.index.store import refresh_index  # faiss: not needed before the vectors are in
+
+        kept = (f"the catalog holds all {summary.stats['photos']} photos and {summary.stats['vectors']} vectors; "
+                "only the search index file was not saved (searches stay complete meanwhile)")
+        with storage_refusals(context=kept):
+            data["index"] = refresh_index(coll, shards=_shards(args, settings))
+        data["text_tower"] = ensure_fast_text_path(coll, settings, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
 
@@ -86,6 +91,8 @@ def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def _index_text(d: dict[str, Any]) -> str:
+    from ui.context import fast_text_path_line
+
     s, e, c = d["sync"], d["encode"], d["collection"]
     lines = [
         f"scanned {s['scanned']} files: {s['unchanged']} unchanged, {s['new_photos']} new photos, "
@@ -99,13 +106,14 @@ def _index_text(d: dict[str, Any]) -> str:
         f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
         f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
         f"index: {d['index']['action']} ({d['index']['factory']}, {d['index']['vectors']} vectors)",
+        fast_text_path_line(d["text_tower"]),
     ]
     return "\n".join(lines)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from retrieval.index.store import refresh_index
-    from ui.context import ensure_fast_text_path, load_checked_encoder
+    from ui.context import ensure_fast_text_path, fast_text_path_line, load_checked_encoder
 
     from indexer.priority import yield_cpu
 
@@ -113,13 +121,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
         yield_cpu(coll.path, _nice(args, settings))
         result = refresh_index(coll, force_rebuild=args.force, shards=_shards(args, settings))
-        result["text_tower"] = ensure_fast_text_path(coll, lambda: load_checked_encoder(coll, settings))
+        result["text_tower"] = ensure_fast_text_path(coll, settings, lambda: load_checked_encoder(coll, settings))
     emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors"
-         + (f" in {len(r['files'])} shards" if r.get("files") else ""))
+         + (f" in {len(r['files'])} shards" if r.get("files") else "") + "\n" + fast_text_path_line(r["text_tower"]))
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from retrieval.search.text_tower_job import export_state
     from retrieval.index.state import index_state
 
     settings = settings_from(args)
@@ -131,10 +140,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             return EXIT_OK
         stats = coll.stats()
         stats["index"] = index_state(coll) or None
+        stats["text_tower"] = export_state(coll.path, coll.spec.id)
         stats["encoder_spec"] = coll.manifest["encoder"]
-    emit(stats, args.json,
-         lambda d: "\n".join(f"{k}: {printable(str(v))}" for k, v in d.items() if k != "encoder_spec"))
+    emit(stats, args.json, _info_text)
     return EXIT_OK
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    def value(k: str, v: Any) -> str:
+        return f"{v['state']} ({v['why']})" if k == "text_tower" else str(v)
+
+    return "\n".join(f"{k}: {printable(value(k, v))}" for k, v in d.items() if k != "encoder_spec")
 
 
 def register(sub: Subparsers) -> None:

@@ -70,7 +70,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if args.what == "activate":
             version = args.version_opt if args.version_opt is not None else args.version
             if version is None:
-                raise InputError("give the version to activate: photodex policy activate NAME --version N")
+                raise InputError("give the version to activate: `photodex policy activate NAME --version N`")
             record = store.activate_policy(coll, args.name, version)
         else:  # show
             record = store.get_policy(coll, args.name, args.version)

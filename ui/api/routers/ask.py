@@ -114,7 +114,7 @@ def _load(vlm: VLM) -> None:
     try:
         vlm.load()
     except VLMLoadError as exc:
-        raise ApiError(503, "vlm_unavailable", str(exc)) from None
+        raise ApiError(503, "vlm_unavailable", exc.for_http()) from None
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def _error_event(exc: BaseException) -> bytes:
     if isinstance(exc, ApiError):
         code, message = exc.code, exc.message
     elif isinstance(exc, InputError):
-        code, message = "invalid_input", str(exc)
+        code, message = "invalid_input", exc.for_http()
     else:
         log.error("answer stream failed", exc_info=exc)
         code, message = "internal_error", "internal server error (logged on the server)"

@@ -143,7 +143,7 @@ def _same_encoder() -> Iterator[None]:
     try:
         yield
     except EncoderMismatchError as exc:
-        raise ApiError(422, "encoder_mismatch", str(exc)) from None
+        raise ApiError(422, "encoder_mismatch", exc.for_http()) from None
 
 
 def _record(coll: Collection, name: str | None, version: int | None) -> PolicyRecord:

@@ -26,7 +26,8 @@ router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
 PhotoId = Annotated[int, Path(ge=1, le=2**62, description="catalog id of a photo")]
 FilterItems = Annotated[list[str], Query(max_length=32,
-                                         description="KEY=VALUE filters (as `photodex search --filter`)")]
+                                         description="KEY=VALUE filters, one per parameter: "
+                                                     "`?filter=after=2023-06-01&filter=tag=dog`")]
 
 _SCALAR_FILTERS = ("taken_after", "taken_before", "path", "camera_make", "camera_model", "file_type", "moderation")
 

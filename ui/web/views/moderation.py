@@ -42,7 +42,7 @@ def render() -> None:
         _decisions()
     if not versions:
         with thresholds:
-            st.info("No moderation policy is stored yet: `photodex moderation policy set FILE --activate` "
+            st.info("No moderation policy is stored yet: `photodex policy set FILE --activate` "
                     "(or `POST /api/v1/policies?activate=true`).")
         return
     with thresholds:
