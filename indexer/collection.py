@@ -16,6 +16,7 @@ from .core.atomic import atomic_write_json
 from .catalog.read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
 from .core.errors import CollectionError, EncoderMismatchError
 from .catalog.status import ERROR, INDEXED, PENDING
+from .encode.precision_record import precision_summary
 from .core.spec import EncoderSpec
 from .core.vectors import decode_vectors
 from .writer_lock import WriterLock
@@ -248,6 +249,7 @@ class Collection:
             "disk_bytes": disk,
             "created_at": self.manifest.get("created_at"),
             "updated_at": self.manifest.get("updated_at"),
+            "precision": precision_summary(self.manifest),
         }
 
     def errors(self) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ something needs encoding, so re-checking an unchanged library never loads a mode
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from .catalog.read import sqlite_path
 from .collection import Collection
 from .core.errors import ConfigError
 from .core.progress import Progress
+from .encode.precision_record import check_mixable, record_run
 from .core.storage_errors import storage_refusals
 from .sync.plan import SyncReport, sync_catalog
 from .writer_lock import WriterLock
@@ -155,6 +157,8 @@ def index_paths(
             loaded = True  # in the Ray actors; a loader given here is not called in the driver
             encode = encode_pending_ray(coll, encoder, options.batch_size, options.max_image_pixels, progress,
                                         on_commit=options.on_commit, options=options.ray)
+            for label, photos in encode.precisions.items():  # each actor settled its own precision
+                record_run(coll, json.loads(label), photos)
         elif pending_count(coll):
             enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
             coll.check_encoder(enc.spec)
@@ -163,7 +167,12 @@ def index_paths(
 
             if niced and options.nice_scope == "process":
                 cap_threads()  # now that torch is loaded
+            choice = getattr(enc, "precision", None)  # a PrecisionChoice (an encoder double may have none)
+            if choice is not None:
+                check_mixable(choice.to_dict())  # before any vector is written
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
                                     progress, on_commit=options.on_commit)
+            if choice is not None:
+                record_run(coll, choice.to_dict(), encode.encoded)
         coll.touch()
     return RunSummary(sync, encode, time.perf_counter() - start, loaded, coll.stats())

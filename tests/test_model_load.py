@@ -46,7 +46,7 @@ def init_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_local_dir_checkpoint_builds_the_same_model_without_a_random_init(world_tiny_clip_dir: Path,
                                                                            init_calls: list[str]) -> None:
     """The trained tiny CLIP (ModifiedResNet vision with BatchNorm buffers, fp16 weights in an fp32 model)."""
-    encoder = load_encoder(f"local-dir:{world_tiny_clip_dir}", device="cpu")
+    encoder = load_encoder(f"local-dir:{world_tiny_clip_dir}", device="cpu", precision="fp32")
     assert init_calls == []  # no parameter was filled randomly first
     reference = _reference(f"local-dir:{world_tiny_clip_dir}")
     _same_model(reference, encoder.model)
@@ -77,7 +77,7 @@ def test_vit_checkpoints_of_every_kind(tiny_clip: tuple[Path, Path], tmp_path: P
         pth = tmp_path / "weights.pth"
         torch.save({"state_dict": {f"module.{k}": v for k, v in load_file(str(weights)).items()}}, pth)
         model, pretrained = TINY_NAME, str(pth)
-    encoder = load_encoder(model, pretrained, device="cpu")
+    encoder = load_encoder(model, pretrained, device="cpu", precision="fp32")
     assert init_calls == []
     _same_model(_reference(model, pretrained), encoder.model)
 
@@ -87,8 +87,8 @@ def test_a_random_init_is_still_the_seeded_one(tiny_clip) -> None:
     from tests.helpers import TINY_NAME, register_tiny_config
 
     register_tiny_config()
-    a = load_encoder(TINY_NAME, None, device="cpu")
-    b = load_encoder(TINY_NAME, None, device="cpu")
+    a = load_encoder(TINY_NAME, None, device="cpu", precision="fp32")
+    b = load_encoder(TINY_NAME, None, device="cpu", precision="fp32")
     _same_model(a.model, b.model)
 
 

@@ -190,6 +190,9 @@ def test_ray_engine_gives_the_local_engines_catalog_and_vectors(tmp_path, tiny_e
     assert rotated[8] == 6 and rotated[6] == "Camera Maker" and rotated[5].year == 2021
     again = _index(tmp_path / "ray", tiny_encoder, lib, engine="ray", ray=RayOptions())
     assert again.encode.encoded == 0 and again.encode.errors == 0 and again.sync.unchanged == 18
+    # the actors' precision is recorded like the local engine's (the recipe carries the settled precision)
+    made = [json.loads((tmp_path / d / "manifest.json").read_text())["photos_by_precision"] for d in ("local", "ray")]
+    assert made[0] == made[1] and sum(made[1].values()) == 14, made
 
 
 def test_lost_actors_mid_run_every_photo_once(tmp_path, tiny_encoder, ray_cluster):

@@ -20,6 +20,7 @@ from PIL import Image
 from ..core.errors import EncoderLoadError
 from ..core.spec import EncoderSpec, fingerprint_path
 from .model_load import LOCAL_DIR_WEIGHTS, create_model
+from .precision import Candidate, PrecisionChoice, check_precision, choose_cpu_precision, cuda_choice, probe_pixels
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,6 @@ def resolve_device(requested: str = "auto") -> tuple[str, str]:
     return "cpu", f"auto: using CPU because {why}"
 
 
-def _autocast_dtype(device: str, precision: str) -> torch.dtype | None:
-    """Autocast dtype on CUDA: bf16 when asked for, fp16 otherwise (``auto``/``fp16``); none on CPU or fp32."""
-    if device != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def _is_local_path(value: str | None) -> bool:
     return bool(value) and Path(str(value)).expanduser().exists()
 
@@ -84,6 +78,7 @@ class Encoder:
         autocast_dtype: torch.dtype | None = None,
         text_cache_size: int = 4096,
         tokenizer_factory: Callable[[], Callable[[list[str]], torch.Tensor]] | None = None,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
@@ -92,6 +87,7 @@ class Encoder:
         self.spec = spec
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.precision = precision or PrecisionChoice("fp32", device=device, reason="built as fp32")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
@@ -203,11 +199,16 @@ def load_encoder(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    candidates: Sequence[Candidate] | None = None,
 ) -> Encoder:
-    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy."""
+    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy.
+
+    ``precision`` (auto, fp32, bf16, fp16, int8) is settled by :mod:`indexer.encode.precision`: on the CPU from
+    ``candidates`` (default: the ones photodex knows) and a cached probe, on CUDA by autocast."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    check_precision(precision)
     dev, why = resolve_device(device)
     log.info("encoder device: %s (%s)", dev, why)
     if model.startswith("local-dir:"):
@@ -238,5 +239,11 @@ def load_encoder(
     spec = _build_spec(model, pretrained, net)
     net = net.to(dev)
     preprocess = image_transform_v2(PreprocessCfg(**getattr(net.visual, "preprocess_cfg", {})), is_train=False)
-    return Encoder(net, preprocess, None, spec, dev, _autocast_dtype(dev, precision),
-                   tokenizer_factory=functools.partial(open_clip.get_tokenizer, model))
+    tokenizer_factory = functools.partial(open_clip.get_tokenizer, model)
+    if dev == "cpu":
+        size = spec.preprocess.get("size", 224)
+        size = int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+        choice = choose_cpu_precision(net, spec.id, precision, lambda: probe_pixels(preprocess, size), candidates)
+        return Encoder(net, preprocess, None, spec, dev, None, tokenizer_factory=tokenizer_factory, precision=choice)
+    choice, dtype = cuda_choice(precision, dev)
+    return Encoder(net, preprocess, None, spec, dev, dtype, tokenizer_factory=tokenizer_factory, precision=choice)

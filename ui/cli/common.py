@@ -28,6 +28,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         model=getattr(args, "model", None),
         pretrained=getattr(args, "pretrained", None),
         device=getattr(args, "device", None),
+        precision=getattr(args, "precision", None),
         batch_size=getattr(args, "batch_size", None),
         workers=getattr(args, "workers", None),
     )
@@ -46,6 +47,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="open_clip model name, hf-hub:ORG/REPO or local-dir:PATH")
     p.add_argument("--pretrained", help="pretrained tag or path to a weights file ('none' for random init)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", metavar="{auto,fp32,bf16,fp16,int8}",  # checked by Settings: one line, exit 2
+                   help="image-tower numerics (default: $PHOTODEX_PRECISION, else auto: the fastest path this CPU "
+                        "offers whose vectors match fp32's, probed once per encoder and machine; CUDA: autocast)")
 
 
 @functools.cache

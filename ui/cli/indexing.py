@@ -147,8 +147,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _info_text(d: dict[str, Any]) -> str:
+    from indexer.encode.precision_record import precision_text
+
     def value(k: str, v: Any) -> str:
-        return f"{v['state']} ({v['why']})" if k == "text_tower" else str(v)
+        if k == "text_tower":
+            return f"{v['state']} ({v['why']})"
+        return precision_text(v) if k == "precision" else str(v)
 
     return "\n".join(f"{k}: {printable(value(k, v))}" for k, v in d.items() if k != "encoder_spec")
 
