@@ -22,7 +22,8 @@ CPU use is part of what the API figures pay. Not part of pytest.
 * text search q/s at 10 clients / at 1 client (every request a distinct text: no query-cache hit);
 * ``POST /moderate`` images/s at 16 clients / the offline rate of decoding and encoding the same images in
   batches of 64 in one process (as ``photodex moderate FILES`` does);
-* p50 at 1 client with encoder batching on / off (``PHOTODEX_API_ENCODER_BATCHING=false``);
+* p50 at 1 client with encoder batching on / off (``PHOTODEX_API_ENCODER_BATCHING=false``, as shipped and with
+  ``OMP_NUM_THREADS=1``; the faster off figure is the baseline);
 * ``GET /photos/{id}`` p99 while 200 clients search (a probe client next to the flood);
 * errors under all of it (any non-200 or transport error).
 """
@@ -356,11 +357,10 @@ def goals_main(args: argparse.Namespace) -> None:
         errors = 0
         offline = offline_moderate_rate(coll, lib)
         row["offline img/s"] = offline
-        for batching in (True, False):
-            env = {"PHOTODEX_API_ENCODER_BATCHING": "true" if batching else "false"}
+        for batching, tag, extra in ((True, "on", {}), (False, "off", {}), (False, "off omp1", {"OMP_NUM_THREADS": "1"})):
+            env = {"PHOTODEX_API_ENCODER_BATCHING": "true" if batching else "false", **extra}
             proc, base = start_server(coll, env)
             try:
-                tag = "on" if batching else "off"
                 one = goal_result(goal_level(base, "search", 1, d, seed=run))
                 row[f"search 1c q/s {tag}"], row[f"search 1c p50 ms {tag}"] = one["rate"], 1e3 * percentile(
                     one["latencies"], 50)
@@ -390,7 +390,11 @@ def goals_main(args: argparse.Namespace) -> None:
         row["errors"] = errors
         row["q/s 10c / 1c"] = row["search 10c q/s on"] / row["search 1c q/s on"]
         row["moderate 16c / offline"] = row["moderate 16c img/s"] / offline
-        row["p50 1c on / off"] = row["search 1c p50 ms on"] / row["search 1c p50 ms off"]
+        # batching off is measured twice: as shipped, and with OMP_NUM_THREADS=1 (one model call at a time on
+        # whichever request thread holds the lock gives each such thread its own OpenMP team; see the results
+        # note); the goal is judged against the faster of the two
+        row["p50 1c on / off"] = row["search 1c p50 ms on"] / min(row["search 1c p50 ms off"],
+                                                                   row["search 1c p50 ms off omp1"])
         runs.append(row)
         print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()) +
               f"; load average {os.getloadavg()[0]:.2f}")

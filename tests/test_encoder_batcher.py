@@ -169,10 +169,14 @@ def test_a_lone_request_waits_at_most_the_window():
         batcher.close()
 
 
-def test_encode_each_isolates_items_with_a_real_model(tiny_encoder):
+def test_encode_each_isolates_items_with_a_real_model(tiny_clip):
     """The tiny CLIP through the batcher: same rows as encoding alone, and an unusable item (not an image)
-    among good ones fails only itself."""
+    among good ones fails only itself. fp32, so rows do not depend on what shares their batch."""
     from PIL import Image
+
+    from indexer.encode.encoders import load_encoder
+
+    tiny_encoder = load_encoder("local-dir:" + str(tiny_clip[0]), device="cpu", precision="fp32")
 
     batcher = EncoderBatcher(tiny_encoder, window_s=0.05, model_batch=2)
     try:
