@@ -332,11 +332,10 @@ def test_bad_input_is_a_4xx_in_the_error_shape_and_changes_nothing(client, keys,
     assert _counts(coll) == before
 
 
-def test_calibrate_with_95k_unknown_ids_names_their_count_and_a_few(world, keys, stored):
+def test_calibrate_with_95k_unknown_ids_names_their_count_and_a_few(world, keys, stored, api_client):
     unknown = list(range(10_000_000, 10_095_000))  # a 950 KB body: under the default 32 MiB limit
     body = {"concept": UNSAFE_CONCEPT, "positive_ids": unknown, "negative_ids": [2], "target_precision": 0.9}
-    app = create_app(Settings(collection=world.path), encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as big_bodies:
+    with api_client(Settings(collection=world.path), world.encoder) as big_bodies:
         resp = big_bodies.post(f"{API}/moderate/calibrate", json=body, headers=_w(keys))
     err = assert_error(resp, 422, "invalid_input")
     assert len(resp.content) < 2_000, len(resp.content)

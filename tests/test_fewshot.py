@@ -59,7 +59,7 @@ def test_few_shot_not_worse_than_degraded_zero_shot(method, record_property):
           f"(gain {gain:+.3f}, alpha {head.alpha})")
     assert result["top1"] >= zs_top1
     assert gain > 0.05  # the degradation is strong enough that shots must help
-    assert set(result) == {"n", "top1", "top5", "per_class", "confusions"}
+    assert set(result) == {"n", "top1", "top5", "mean_per_class_recall", "per_class", "confusions"}
 
 
 @pytest.mark.parametrize("method", ["prototype", "linear"])

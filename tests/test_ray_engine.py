@@ -232,7 +232,11 @@ def test_lost_actors_mid_run_every_photo_once(tmp_path, tiny_encoder, ray_cluste
     paths = {pid: Path(p).name for p, pid in _paths(tmp_path / "coll").items()}
     files = {p.name: p for p in lib.rglob("*.jpg")}
     expected = tiny_encoder.encode_images([Image.open(files[paths[int(i)]]).convert("RGB") for i in ids])
-    assert np.allclose(vectors, expected, atol=2e-3)  # each photo got its own vector
+    # each photo got its own vector: at auto precision a row depends a little on its batch (int8 activations are
+    # quantised per batch), so compare as the precision probe does, by cosine, and check no row is another's
+    cosines = (vectors * expected).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() >= 0.999, cosines.min()
+    assert (np.argmax(vectors @ expected.T, axis=1) == np.arange(n)).all()
     ray.kill(registry)
 
 

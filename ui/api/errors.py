@@ -158,7 +158,10 @@ _DESCRIPTIONS = {400: "Bad request (e.g. a body that is not JSON)", 401: "Missin
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries for these statuses, all in the one error shape."""
+    """OpenAPI ``responses=`` entries for these statuses, all in the one error shape. A route that can refuse a
+    key (401) can also refuse a throttled address (429), so 401 brings 429 with it."""
     from .schemas import ErrorResponse
 
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, HTTPStatus(s).phrase)} for s in statuses}
