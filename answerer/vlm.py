@@ -106,6 +106,18 @@ class VLM:
         self._lock = threading.Lock()
         self.run_lock = threading.RLock()  # one generate/forward at a time on this model
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """What turns prompts and images into model inputs; its ``checked`` says which fast ways matched the
+        processor."""
+        return self._preprocessor
+
+    def reset_preprocessor(self) -> Preprocessor:
+        """Forget which fast preprocessing ways were checked and the memoised token ids (the next batch is
+        checked against the processor again, e.g. after the processor was changed); returns the new one."""
+        self._preprocessor = Preprocessor(self)
+        return self._preprocessor
+
     # ---- loading -------------------------------------------------------------------------
     @property
     def loaded(self) -> bool:

@@ -79,8 +79,8 @@ def main() -> None:
     from answerer.streaming import stream_generate
     from answerer.vlm import VLM, Request
     from retrieval.search.searcher import Searcher
-    from tests.world.generate import CLASSES
-    from tests.world_collection import build_world_collection
+    from ui.demo.world import CLASSES
+    from ui.demo.collection import build_world_collection
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, torch threads "
           f"{torch.get_num_threads()}, os.getloadavg {tuple(round(x, 2) for x in os.getloadavg())}")

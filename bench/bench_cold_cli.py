@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import make_library, save_tiny_clip  # noqa: E402
+from ui.demo.photos import make_library  # noqa: E402
+from ui.demo.tiny_clip import save_tiny_clip  # noqa: E402
 
 
 def run(args: list[str]) -> tuple[float, float]:

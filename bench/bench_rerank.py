@@ -65,7 +65,7 @@ def main() -> None:
     from answerer.rerank import rerank
     from answerer.vlm import VLM
     from retrieval.search.searcher import Searcher, SearchOptions
-    from tests.world_collection import build_world_collection
+    from ui.demo.collection import build_world_collection
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

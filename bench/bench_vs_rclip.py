@@ -10,8 +10,12 @@ timing it checks, through rclip's own ``Model`` in rclip's venv, that rclip's to
 its text vector equals photodex's (torch encoder and the collection's ONNX text tower) and its image vectors
 equal photodex's for a few photos (cosine > 0.999), and compares both tools' top-10 for one query.
 
-Then it indexes the library once with each tool (photodex: ``index --workers 1``, which also exports its text
-tower; rclip: its first search run, which indexes the current directory) and times fresh processes,
+The seeded random init is saved once as an open_clip ``local-dir`` folder (safetensors), which photodex indexes
+with, as it would a downloaded model; rclip's ONNX files are exported from the same weights.
+
+Then it indexes the library once with each tool (photodex: ``index --workers 1``, whose text-tower export then
+runs in the background and is waited for before any search is timed; rclip: its first search run, which indexes
+the current directory) and times fresh processes,
 interleaved rclip, photodex, rclip, ... : ``rclip -n -t 10 Q`` (cwd = the library) and
 ``python -m ui.cli search Q -k 10 --no-collapse --collection C`` (cwd = the repo; rclip has no near-duplicate
 collapse, and with random weights every photo is a near-duplicate of every other: ``--collapse`` keeps it),
@@ -43,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import make_library  # noqa: E402
+from ui.demo.photos import make_library  # noqa: E402
 
 MODEL = "ViT-B-32-256"
 RCLIP_MODEL_DIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip/model_download.py: MODEL_SUBDIR
@@ -81,14 +85,26 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], stdout: bool = False) 
         return wall, int(out.read().split()[-1]) / 1024, proc.stdout.decode() if stdout else ""
 
 
-def export_for_rclip(datadir: Path) -> Any:
-    """Export photodex's seeded ViT-B-32-256 as rclip's visual.onnx / textual.onnx; returns the photodex Encoder."""
-    import open_clip
-    import torch
+def save_local_dir(folder: Path) -> Any:
+    """photodex's seeded random ViT-B-32-256 as an open_clip local-dir folder; returns the photodex Encoder."""
+    from safetensors.torch import save_file
 
     from indexer.encode.encoders import load_encoder
 
-    enc = load_encoder(MODEL, None, "cpu", "fp32")  # the same seeded random init as `photodex index`
+    enc = load_encoder(MODEL, None, "cpu", "fp32")  # seeded: the same random init in every process
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    import open_clip
+
+    cfg = {"model_cfg": open_clip.get_model_config(MODEL), "preprocess_cfg": enc.spec.preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    return enc
+
+
+def export_for_rclip(enc: Any, datadir: Path) -> Any:
+    """Export photodex's seeded ViT-B-32-256 as rclip's visual.onnx / textual.onnx; returns the photodex Encoder."""
+    import open_clip
+    import torch
 
     class Tower(torch.nn.Module):  # the CLIP is a submodule, so its weights export as initializers
         def __init__(self, net: torch.nn.Module, text: bool) -> None:
@@ -116,6 +132,13 @@ def export_for_rclip(datadir: Path) -> Any:
     (datadir / RCLIP_VOCAB).parent.mkdir(parents=True)
     shutil.copy2(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", datadir / RCLIP_VOCAB)
     return enc
+
+
+def _spec_id(coll: Path) -> str:
+    from indexer.collection import read_manifest
+    from indexer.core.spec import EncoderSpec
+
+    return EncoderSpec.from_dict(read_manifest(coll)["encoder"]).id
 
 
 def rclip_python(rclip: str) -> str:
@@ -150,7 +173,7 @@ def verify(enc: Any, rclip: str, env: dict[str, str], coll: Path, photos: list[P
     print(f"  tokenizer: rclip == open_clip on {len(PROBE_TEXTS) - len(bad)}/{len(PROBE_TEXTS)} probe texts"
           + (f"; differs on {bad}" if bad else ""))
     r_text = np.asarray(got["text"], np.float32)
-    tower = try_load_text_tower(coll, enc.spec.id)
+    tower = try_load_text_tower(coll, _spec_id(coll))
     refs = {"photodex torch encoder": enc.encode_texts([CHECK_QUERY, OTHER_QUERY])}
     if tower is not None:
         refs["photodex ONNX text tower (what search uses)"] = tower.encode_texts([CHECK_QUERY, OTHER_QUERY])
@@ -194,16 +217,24 @@ def bench(args: argparse.Namespace, root: Path) -> None:
         print(f"rclip not found: install it in its own venv ({INSTALL}) and pass --rclip "
               "/tmp/rclipenv/bin/rclip; timing photodex alone")
 
-    pd_index = timed([sys.executable, "-m", "ui.cli", "index", str(lib), "--collection", str(coll), "--model", MODEL,
-                      "--pretrained", "none", "--workers", "1", "--json"], REPO, env, stdout=True)
-    pd_encode = float(json.loads(pd_index[2])["seconds"])
-    print(f"photodex index ({MODEL} random init, --workers 1): {pd_index[0]:.1f} s, peak RSS {pd_index[1]:.0f} MiB; "
-          f"of which scan + decode + encode {pd_encode:.1f} s (the rest: imports, model load, index build, one-time "
-          "text-tower export)")
+    enc = save_local_dir(root / "model")
+    pd_index = timed([sys.executable, "-m", "ui.cli", "index", str(lib), "--collection", str(coll), "--model",
+                      f"local-dir:{root / 'model'}", "--workers", "1", "--json"], REPO, env, stdout=True)
+    pd_out = json.loads(pd_index[2])
+    pd_encode = float(pd_out["seconds"])
+    print(f"photodex index ({MODEL} random init as local-dir, --workers 1): {pd_index[0]:.1f} s, peak RSS "
+          f"{pd_index[1]:.0f} MiB; of which scan + decode + encode {pd_encode:.1f} s (the rest: imports, model "
+          f"load, index build, exit); text tower {pd_out['text_tower']['state']}")
+    from retrieval.search.text_tower_job import wait_for_export
+
+    t0 = time.perf_counter()
+    done = wait_for_export(coll, _spec_id(coll))
+    print(f"  its background text-tower export: {done['state']} {time.perf_counter() - t0:.1f} s after the run "
+          "returned (untimed, before any search)")
     tools: dict[str, tuple[list[str], Path]] = {}
     if args.rclip:
         t0 = time.perf_counter()
-        enc = export_for_rclip(root / "rclip-data")
+        export_for_rclip(enc, root / "rclip-data")
         print(f"exported {MODEL} for rclip (opset 18, fp32, one file per tower) in {time.perf_counter() - t0:.1f} s")
         rc_index = timed([args.rclip, "-t", "1", "first indexing run"], lib, env)
         print(f"rclip first run (indexes the library, then searches): {rc_index[0]:.1f} s, "
@@ -212,13 +243,13 @@ def bench(args: argparse.Namespace, root: Path) -> None:
               f"encode only / rclip whole process {pd_encode / rc_index[0]:.2f}")
         print("same weights? (rclip's own Model in its venv vs photodex)")
         verify(enc, args.rclip, env, coll, photos[:4])
-        del enc
         rc_top = top_paths([args.rclip, "-n", "-f", "-t", "10", CHECK_QUERY], lib, env, photodex=False)
         pd_top = top_paths([sys.executable, "-m", "ui.cli", "search", CHECK_QUERY, "-k", "10", "--json",
                             "--no-collapse", "--collection", str(coll)], REPO, env, photodex=True)
         print(f"  top-10 for {CHECK_QUERY!r}: {len(set(rc_top) & set(pd_top))}/10 photos in common, "
               f"same top-1: {bool(rc_top and pd_top and rc_top[0] == pd_top[0])}")
         tools["rclip"] = ([args.rclip, "-n", "-t", "10"], lib)
+    del enc
     collapse = [] if args.collapse else ["--no-collapse"]  # rclip has no near-duplicate collapse
     tools["photodex"] = ([sys.executable, "-m", "ui.cli", "search", "--collection", str(coll), "-k", "10", *collapse],
                          REPO)

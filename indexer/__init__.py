@@ -12,4 +12,6 @@ Modules:
     writer_lock   one writer at a time per collection; readers never take it
     file_identity which file a catalogued path was when indexed; opening it only while it still is
     run           one index run: writer lock, sync, encode
+    child_processes  what forked workers drop (lock fds, listening sockets) and dying with their parent
+    priority      index runs yield the CPU to a server holding the collection (serving mark, nice)
 """

@@ -16,6 +16,7 @@ from .core.atomic import atomic_write_json
 from .catalog.read import CatalogReader, EngineReader, SqliteReader, rows_for_ids, scalar, sqlite_path, sqlite_url
 from .core.errors import CollectionError, EncoderMismatchError
 from .catalog.status import ERROR, INDEXED, PENDING
+from .encode.precision_record import precision_summary
 from .core.spec import EncoderSpec
 from .core.vectors import decode_vectors
 from .writer_lock import WriterLock
@@ -194,9 +195,20 @@ class Collection:
         return int(scalar(self.reader, """SELECT value FROM meta WHERE "key" = 'generation'""") or 0)
 
     def vector_ids(self) -> np.ndarray:
-        """Sorted ids of every photo with a stored vector (no vector bytes are read)."""
-        rows = self.reader.rows("SELECT photo_id FROM embeddings ORDER BY photo_id")
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        """Sorted ids of every photo with a stored vector (no vector bytes are read).
+
+        As one comma-joined string built by the database: a row per id would build 100k Python
+        tuples holding the GIL, which a server's index loader does beside the searches it serves."""
+        read = self.reader
+        agg = {"sqlite": "group_concat(photo_id, ',')", "postgresql": "string_agg(photo_id::text, ',')"}.get(
+            read.dialect)
+        if agg is None:
+            rows = read.rows("SELECT photo_id FROM embeddings ORDER BY photo_id")
+            return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        joined = scalar(read, f"SELECT {agg} FROM (SELECT photo_id FROM embeddings ORDER BY photo_id) AS ids")
+        if not joined:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.fromstring(joined, dtype=np.int64, sep=","))  # sorted whatever order the database used
 
     def load_vectors(self, photo_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All (or the given) stored vectors as ``(ids int64, vectors float32 unit-norm)``, by id."""
@@ -237,6 +249,7 @@ class Collection:
             "disk_bytes": disk,
             "created_at": self.manifest.get("created_at"),
             "updated_at": self.manifest.get("updated_at"),
+            "precision": precision_summary(self.manifest),
         }
 
     def errors(self) -> list[dict[str, Any]]:

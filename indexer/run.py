@@ -6,17 +6,21 @@ something needs encoding, so re-checking an unchanged library never loads a mode
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from .catalog.read import sqlite_path
 from .collection import Collection
 from .core.errors import ConfigError
 from .core.progress import Progress
+from .encode.precision_record import check_mixable, record_run
+from .core.storage_errors import storage_refusals
 from .sync.plan import SyncReport, sync_catalog
 from .writer_lock import WriterLock
 
@@ -44,6 +48,8 @@ class RunOptions:
     # the roots being indexed. A symlink leading elsewhere is skipped and counted (sync.outside_roots)
     allowed_roots: "Sequence[str | os.PathLike[str]] | None" = None
     follow_external_symlinks: bool = False  # lift that limit (the CLI's --follow-external-symlinks)
+    nice: int | None = None  # CPU priority increment of the encode (None: 10 if a server holds the collection)
+    nice_scope: Literal["process", "thread"] = "process"  # "thread": an API job inside the server
 
 
 @dataclass
@@ -79,6 +85,41 @@ def _check_engine(engine: str) -> None:
         raise ConfigError(why)
 
 
+class _Position:
+    """How far a run got (its last progress report), for the message when the disk refuses a write."""
+
+    UNITS = {"hash": "new or changed files recorded", "encode": "photos encoded"}
+
+    def __init__(self, coll: Collection, forward: Progress | None) -> None:
+        self.coll, self.forward = coll, forward
+        self.phase, self.done, self.total = "", 0, 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self.phase, self.done, self.total = phase, done, total
+        if self.forward is not None:
+            self.forward(phase, done, total)
+
+    def describe(self) -> str:
+        got = (f"the run stopped with {self.done} of {self.total} {self.UNITS.get(self.phase, self.phase)}"
+               if self.phase else "the run stopped before writing anything")
+        try:  # reads still work on a full or read-only disk
+            stats = self.coll.stats()
+            kept = f" ({stats['indexed']} photos indexed, {stats['pending']} waiting to be encoded)"
+        except Exception:  # noqa: BLE001 - only words a message
+            kept = ""
+        return f"{got}; the catalog is consistent and keeps every committed batch{kept}"
+
+
+def catalog_name(coll: Collection) -> str:
+    """The catalog as a message names it: the SQLite file, else the database URL without its password."""
+    path = sqlite_path(coll.url)
+    if path is not None:
+        return str(path)
+    from sqlalchemy.engine import make_url
+
+    return make_url(coll.url).render_as_string(hide_password=True)
+
+
 def index_paths(
     coll: Collection,
     encoder: "Encoder | Callable[[], Encoder]",
@@ -92,6 +133,7 @@ def index_paths(
     ``lock``: a writer lock the caller already holds; otherwise one is taken for the run
     (refusing with :class:`~indexer.core.errors.WriterBusyError`, or waiting with ``options.wait``)."""
     from .encode.pending import EncodeReport, pending_count
+    from .priority import cap_threads, yield_cpu
 
     options = options or RunOptions()
     _check_engine(options.engine)
@@ -100,7 +142,9 @@ def index_paths(
     check_roots(roots)
     start = time.perf_counter()
     held = nullcontext(lock) if lock is not None and lock.held else coll.writer_lock().acquire(wait=options.wait)
-    with held:
+    progress = position = _Position(coll, progress)
+    with held, storage_refusals(lambda: catalog_name(coll), position.describe):
+        niced = yield_cpu(coll.path, options.nice, options.nice_scope)  # hash threads, decode workers inherit it
         sync = sync_catalog(coll, roots, options.include, options.exclude,
                             hash_threads=max(2, options.workers), retry_errors=options.retry_errors,
                             progress=progress, allowed_roots=options.allowed_roots,
@@ -113,13 +157,22 @@ def index_paths(
             loaded = True  # in the Ray actors; a loader given here is not called in the driver
             encode = encode_pending_ray(coll, encoder, options.batch_size, options.max_image_pixels, progress,
                                         on_commit=options.on_commit, options=options.ray)
+            for label, photos in encode.precisions.items():  # each actor settled its own precision
+                record_run(coll, json.loads(label), photos)
         elif pending_count(coll):
             enc = encoder if hasattr(encoder, "spec") else encoder()  # type: ignore[operator]
             coll.check_encoder(enc.spec)
             loaded = True
             from .encode.run import encode_pending  # torch: only when there is something to encode
 
+            if niced and options.nice_scope == "process":
+                cap_threads()  # now that torch is loaded
+            choice = getattr(enc, "precision", None)  # a PrecisionChoice (an encoder double may have none)
+            if choice is not None:
+                check_mixable(choice.to_dict())  # before any vector is written
             encode = encode_pending(coll, enc, options.batch_size, options.workers, options.max_image_pixels,
                                     progress, on_commit=options.on_commit)
+            if choice is not None:
+                record_run(coll, choice.to_dict(), encode.encoded)
         coll.touch()
     return RunSummary(sync, encode, time.perf_counter() - start, loaded, coll.stats())

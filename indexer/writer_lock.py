@@ -27,7 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .child_processes import drop_in_children, keep_in_children
 from .core.errors import WriterBusyError
+from .core.storage_errors import storage_refusals
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -55,32 +57,6 @@ def describe_holder(info: dict[str, Any] | None) -> str:
             + (f" ({info['command']})" if info.get("command") else ""))
 
 
-_HELD_FDS: set[int] = set()  # lock files (and the PostgreSQL lock's socket) this process holds
-_fork_hook = False
-
-
-def _forget_held_in_child() -> None:
-    """In a forked child (a decode worker, say) close the inherited lock files: ``flock`` belongs to the
-    open file, so a worker that outlives a SIGKILLed writer for a few seconds would otherwise keep the
-    collection locked in a dead writer's name. Dropping the child's copy leaves the parent's lock held."""
-    if not _HELD_FDS:
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in list(_HELD_FDS):  # /dev/null in its place: the number stays taken, so nothing reuses it
-        with contextlib.suppress(OSError):
-            os.dup2(null, fd)
-    os.close(null)
-    _HELD_FDS.clear()
-
-
-def _hold(fd: int) -> None:
-    global _fork_hook
-    if not _fork_hook:
-        os.register_at_fork(after_in_child=_forget_held_in_child)
-        _fork_hook = True
-    _HELD_FDS.add(fd)
-
-
 def _socket_fd(conn: Any) -> int | None:
     """The socket of a SQLAlchemy connection's DB-API connection (psycopg: ``fileno()``), if it has one."""
     try:
@@ -102,7 +78,8 @@ class WriterLock:
 
     # ---- one attempt ---------------------------------------------------------------------
     def _try_file(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with storage_refusals(context="nothing was changed"):  # a read-only collection: one line naming the file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -113,7 +90,7 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info(self._note)).encode(), 0)
         self._fd = fd
-        _hold(fd)
+        drop_in_children(fd)  # a decode worker outliving a SIGKILLed writer must not keep it locked
         return True
 
     def _try_pg(self) -> bool:
@@ -132,7 +109,7 @@ class WriterLock:
         self._conn = conn
         self._pg_fd = _socket_fd(conn)
         if self._pg_fd is not None:  # the server keeps the lock while any process holds this socket open
-            _hold(self._pg_fd)
+            drop_in_children(self._pg_fd)
         return True
 
     def holder(self) -> dict[str, Any] | None:
@@ -179,7 +156,7 @@ class WriterLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            _HELD_FDS.discard(self._fd)
+            keep_in_children(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -187,7 +164,7 @@ class WriterLock:
         if self._conn is not None:
             from sqlalchemy import text
 
-            _HELD_FDS.discard(self._pg_fd)  # type: ignore[arg-type]
+            keep_in_children(self._pg_fd)
 
             with contextlib.suppress(Exception):
                 self._conn.execute(text("DELETE FROM meta WHERE key = 'writer'"))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Offline demo: generate a small synthetic photo library, index it with the tiny CLIP trained in this
+# Offline demo: generate a small synthetic photo library (ui.demo.world), index it with the tiny CLIP trained in this
 # repo (tests/assets/tiny_clip), then search it. No download; about a minute on a laptop CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +7,7 @@ bash scripts/install.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 DEMO=${PHOTODEX_DEMO_DIR:-$(mktemp -d -t photodex-demo-XXXX)}
-python -c "import sys; from tests.world.generate import write_library; write_library(sys.argv[1], 300, seed=7)" "$DEMO/library"
+python -c "import sys; from ui.demo.world import write_library; write_library(sys.argv[1], 300, seed=7)" "$DEMO/library"
 MODEL="local-dir:$PWD/tests/assets/tiny_clip"
 photodex index "$DEMO/library" --collection "$DEMO/collection" --model "$MODEL"
 echo "--- photodex search 'a photo of a red circle'"

@@ -6,7 +6,8 @@
 #   3. the CPU image on it (`docker build --network host`); pip in the build gets this machine's pip configuration
 #      as a BuildKit secret (never a layer, never the repository);
 #   4. the container, always with --network host and never a bridge: `photodex --help`, `photodex index` of a
-#      generated world library mounted read-only with the tiny CLIP trained in tests/assets, `photodex search`,
+#      world library the image generates (ui.demo.world), mounted read-only, with the tiny CLIP trained in
+#      tests/assets, `photodex search`,
 #      and `photodex serve` answering /api/v1/healthz on a loopback port.
 # It stops what it started (containers; dockerd if it started it) and keeps the images as a cache: remove them
 # with `docker rmi photodex:smoke photodex-smoke-base:bookworm && docker builder prune -f`.
@@ -181,9 +182,9 @@ RUN=("$DOCKER" run --rm --network host -e HF_HUB_OFFLINE=1 -e TRANSFORMERS_OFFLI
 log "photodex --help: ok"
 
 mkdir -p "$WORK/library" "$WORK/data"
-"${RUN[@]}" -v "$ROOT/tests:/src/tests:ro" -v "$WORK:/out" -w /src --entrypoint python "$IMAGE" -c "
+"${RUN[@]}" -v "$WORK:/out" --entrypoint python "$IMAGE" -c "
 import json
-from tests.world.generate import write_library
+from ui.demo.world import write_library
 pairs = write_library('/out/library', $N_PHOTOS, 7)
 json.dump({str(p.relative_to('/out/library')): [s.colour, s.shape] for p, s in pairs}, open('/out/truth.json', 'w'))
 "

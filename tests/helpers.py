@@ -1,73 +1,136 @@
-"""Test helpers: tiny open_clip models built in-process and a generator of awkward photo files."""
+"""Test helpers: the offline environment, index runs and the CLI in-process, index-file checks and damage,
+camera RAW files made offline.
+
+The tiny random CLIP and the noise-photo libraries live in ``ui.demo`` (the benchmarks use them too); they are
+re-exported here for the tests."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-TINY_NAME = "photodex-test-tiny"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-TINY_PREPROCESS = {"size": 32,
-                   "interpolation": "bicubic", "resize_mode": "shortest"}
+from indexer.run import RunOptions, RunSummary, index_paths
+from ui.demo.photos import make_library, random_photo  # noqa: F401  (re-exported)
+from ui.demo.tiny_clip import TINY_CFG, TINY_NAME, TINY_PREPROCESS, register_tiny_config, save_tiny_clip  # noqa: F401
 
 
-def register_tiny_config() -> None:
-    """Register the tiny config with open_clip (``add_model_config`` reads a JSON file)."""
-    import tempfile
+def bomb_png(side: int = 30000) -> bytes:
+    """A valid ``side`` x ``side`` 1-bit PNG of zeros (about 109 KB at 30000): a decompression bomb, made
+    without ever holding its pixels."""
+    import struct
+    import zlib
 
-    import open_clip
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    folder = Path(tempfile.gettempdir()) / "photodex-test-configs"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{TINY_NAME}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-
-
-def save_tiny_clip(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Save a random tiny CLIP as an open_clip ``local-dir`` folder and as a bare weights file."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    register_tiny_config()
-    torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_NAME, pretrained=None)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": TINY_PREPROCESS}))
-    weights = folder.parent / f"{folder.name}.safetensors"
-    save_file(state, str(weights))
-    return folder, weights
+    rows, z = b"\0" * (1 + (side + 7) // 8) * 1000, zlib.compressobj(9)
+    idat = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.compress(rows[: len(rows) // 1000 * (side % 1000)])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat + z.flush()) + chunk(b"IEND", b""))
 
 
-def random_photo(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, **save_kw: object) -> Path:
-    rng = np.random.default_rng(seed)
-    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, **save_kw)
-    return path
+def slow_photos(root: Path, n: int) -> list[Path]:
+    """``n`` distinct 12 MP PNGs (about 160 KB each) that take ~0.3 s each to decode: decode workers stay busy."""
+    paths = []
+    for i in range(n):
+        arr = np.zeros((3000, 4000, 3), np.uint8)
+        arr[:: 97, :: 89] = (i + 1, 2 * i + 1, 3 * i + 1)
+        path = root / f"slow_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, compress_level=1)
+        paths.append(path)
+    return paths
 
 
-def make_library(root: Path, n: int, start: int = 0, size: tuple[int, int] = (64, 48)) -> list[Path]:
-    """``n`` distinct JPEGs spread over nested folders."""
-    return [random_photo(root / f"{i % 3}" / f"sub{i % 2}" / f"img_{i:04d}.jpg", size, seed=i)
-            for i in range(start, start + n)]
+def children_of(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) and int(stat[1]) == pid and stat[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie waiting to be reaped has)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """State, ppid, ... of ``/proc/PID/stat`` (the fields after the command name)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
 
 
 def env_offline() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
+
+
+# ---- the shared world collections (tests/conftest.py builds each once a session) ----------------------
+
+#: (photos, seed) of the ``world`` fixture: most tests of meaning read this one.
+WORLD = (160, 11)
+#: (photos, seed) of the ``large_world`` fixture: enough skulls and photos per class for answering and ranking.
+LARGE_WORLD = (240, 21)
+#: (photos, seed) of a small world, for work whose cost grows with the photos (fuzzing every route, a browser).
+SMALL_WORLD = (48, 11)
+
+
+# ---- index runs and the CLI in this process ---------------------------------------------------------
+
+#: Index runs in tests: small batches, decoding in this process.
+OPTS = RunOptions(batch_size=8, workers=0)
+
+
+def index_into(coll_dir: Path, encoder, roots: list[Path], db_url: str | None = None, opts: RunOptions = OPTS,
+               **changes: object) -> RunSummary:
+    """One index run of ``roots`` into the collection at ``coll_dir`` (made for ``encoder`` if new), closed
+    after; ``changes`` replace fields of ``opts``."""
+    from indexer.collection import Collection
+
+    coll = Collection.open_for_encoder(coll_dir, encoder.spec, db_url)
+    try:
+        return index_paths(coll, encoder, roots, replace(opts, **changes) if changes else opts)
+    finally:
+        coll.close()
+
+
+@dataclass
+class CliResult:
+    """What one ``photodex`` command did: its exit code and what it wrote (as ``subprocess.run`` reports it)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, check_rc: int | None = 0) -> CliResult:
+    """Run ``photodex ARGS`` in this process (``ui.cli.main``; argparse's exits become exit codes). For what only
+    a process of its own shows (its imports, signals, a second process) tests use ``sys.executable -m ui.cli``."""
+    from ui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 2
+    result = CliResult(rc, out.getvalue(), err.getvalue())
+    if check_rc is not None:
+        assert result.returncode == check_rc, (args, result.stderr)
+    return result
 
 
 # ---- index files: exact answers and damage (tests/test_index_file.py, tests/test_shard_store.py) ----

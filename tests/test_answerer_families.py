@@ -134,7 +134,7 @@ def _image(size: tuple[int, int], colour=(200, 30, 30)) -> Image.Image:
 
 def _check_fast_equals_processor(vlm: VLM, requests: list[Request], budget: ImageBudget) -> None:
     prepared = vlm.prepare(requests, budget)
-    pre = vlm._preprocessor
+    pre = vlm.preprocessor
     assert pre.checked.get("ids") is True
     prompts = [vlm.render(r.content) for r in requests]
     images = [list(r.images) for r in requests]

@@ -12,7 +12,7 @@ import pytest
 from answerer.pope import evaluate_pope, pope_metrics, read_pope, resolve_images, yes_no
 from answerer.vlm import VLM
 from indexer.core.errors import InputError
-from tests.world.generate import CLASSES, COLOURS, SHAPES, UNSAFE_CONCEPT, write_library
+from ui.demo.world import CLASSES, COLOURS, SHAPES, UNSAFE_CONCEPT, write_library
 
 SPLITS = ("random", "popular", "adversarial")
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from answerer.preprocess import Preprocessor, fit, fixed_input_side, same_inputs
 from answerer.vlm import VLM, Request
-from tests.world.generate import generate_samples
+from ui.demo.world import generate_samples
 
 QUESTION = "what colour is the object?"
 
@@ -19,8 +19,7 @@ def samples():
 
 
 def _fresh(vlm: VLM) -> Preprocessor:
-    vlm._preprocessor = Preprocessor(vlm)
-    return vlm._preprocessor
+    return vlm.reset_preprocessor()
 
 
 def _mixed(samples) -> list[Image.Image]:
@@ -47,6 +46,7 @@ def test_fit_brings_images_to_the_processors_square_once(vlm):
 
 def test_fast_inputs_equal_the_processors_and_answers_do_too(vlm, samples):
     pre = _fresh(vlm)
+    assert vlm.preprocessor is pre and pre.checked == {}
     imgs = _mixed(samples)
     requests = [Request.question([im], QUESTION if i % 2 else "is there a red circle?") for i, im in enumerate(imgs)]
     prepared = vlm.prepare(requests)

@@ -10,7 +10,7 @@ from answerer.budget import PromptTooLongError
 from answerer.rerank import answer_token_ids, p_yes
 from answerer.streaming import stream_generate
 from answerer.vlm import VLM, Request, VLMLoadError, shared_vlm
-from tests.world.generate import CLASSES, generate_samples
+from ui.demo.world import CLASSES, generate_samples
 
 HELD_OUT_SEED = 9001  # the VLM trained on 4321-4323
 

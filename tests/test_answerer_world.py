@@ -13,15 +13,15 @@ from answerer.rerank import rerank
 from answerer.vlm import VLM
 from indexer.core.errors import InputError
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.world.generate import CLASSES, generate_samples
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import CLASSES, generate_samples
+from ui.demo.collection import WorldCollection
 
 RELEVANT = 0.85  # tiny-CLIP cosine: world concepts score > 0.9, unknown ones ("a bicycle") < 0.75
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
-    return build_world_collection(tmp_path_factory.mktemp("answer_world"), world_tiny_clip_dir, n=240, seed=21)
+def world(large_world) -> WorldCollection:
+    return large_world
 
 
 @pytest.fixture(scope="module")

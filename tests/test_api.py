@@ -6,16 +6,15 @@ import io
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error, png_bytes
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
-from ui.api.app import ROUTER_MODULES, create_app
+from tests.helpers import bomb_png
+from ui.demo.world import CLASSES, class_prompt
+from ui.api.app import ROUTER_MODULES
 
 API = "/api/v1"
 MAX_BYTES = 300_000
@@ -23,15 +22,9 @@ MAX_PIXELS = 600 * 600
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("world_api"), world_tiny_clip_dir, n=120, seed=5)
-
-
-@pytest.fixture(scope="module")
-def client(world):
+def client(world, api_client):
     settings = Settings(collection=world.path, api_max_upload_bytes=MAX_BYTES, api_max_upload_pixels=MAX_PIXELS)
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client(settings, world.encoder) as c:
         yield c
 
 
@@ -174,6 +167,15 @@ def test_uploads_limited_while_reading_and_checked(client, world):
     assert err.status_code == 422 and assert_error(err, 422)["code"] in ("invalid_input", "undecodable_image")
     assert_error(client.post(f"{API}/classify", files=files(b"not an image"), data={"labels": "a,b"}), 415)
     assert client.post(f"{API}/search/image", files=files(png_bytes())).status_code == 200
+
+
+def test_decompression_bomb_upload_is_too_many_pixels(client):
+    """A 30000x30000 1-bit PNG (109 KB) is past Pillow's own guard too: still the documented 422, not 415."""
+    bomb = bomb_png(30000)
+    for url, extra in ((f"{API}/search/image", {}), (f"{API}/classify", {"data": {"labels": "a,b"}})):
+        err = assert_error(client.post(url, files={"file": ("bomb.png", bomb, "image/png")}, **extra), 422,
+                           "too_many_pixels")
+        assert "900000000" in err["message"] and err["detail"]["max_pixels"] == MAX_PIXELS, err
 
 
 def test_unexpected_errors_are_500_in_the_error_shape_without_traceback(client, monkeypatch):

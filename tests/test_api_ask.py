@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fastapi.testclient import TestClient
 
 from answerer.budget import ImageBudget
 from answerer.rag import Answerer, AskOptions
@@ -19,8 +18,6 @@ from ui.settings import Settings
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.api_support import assert_error
-from tests.world_collection import build_world_collection
-from ui.api.app import create_app
 from ui.api.routers.ask import trimmed, wants_event_stream
 
 API = "/api/v1"
@@ -30,8 +27,8 @@ TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("api_ask"), world_tiny_clip_dir, n=120, seed=21)
+def world(large_world):
+    return large_world
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +46,8 @@ def vlm(settings):
 
 
 @pytest.fixture(scope="module")
-def client(world, settings, vlm):
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+def client(world, settings, vlm, api_client):
+    with api_client(settings, world.encoder) as c:
         yield c
 
 
@@ -195,11 +191,10 @@ def test_vlm_work_is_serialised_and_off_the_event_loop(client, vlm, monkeypatch)
     assert seen["calls"] >= 8 and seen["max"] == 1 and seen["on_loop"] == 0
 
 
-def test_a_vlm_that_cannot_load_is_503_with_how_to(world, tmp_path):
+def test_a_vlm_that_cannot_load_is_503_with_how_to(world, tmp_path, api_client):
     for source in (str(tmp_path / "no-such-vlm"), "someorg/not-cached-vlm"):
         settings = Settings(collection=world.path, vlm=source, device="cpu")
-        app = create_app(settings, encoder_loader=lambda s: world.encoder)
-        with TestClient(app, raise_server_exceptions=False) as c:
+        with api_client(settings, world.encoder) as c:
             for headers in ({}, SSE):
                 err = assert_error(c.post(f"{API}/ask", json={"question": "is there a skull?"}, headers=headers),
                                    503, "vlm_unavailable")
@@ -231,15 +226,14 @@ def test_bad_input_is_a_4xx_in_the_error_shape(client, name, body, status, code,
     assert_error(client.post(f"{API}/ask", json=body, headers=SSE if stream else {}), status, code)
 
 
-def test_bad_json_and_empty_collection(client, world, tmp_path):
+def test_bad_json_and_empty_collection(client, world, tmp_path, api_client):
     assert_error(client.post(f"{API}/ask", content=b"{nope", headers={"content-type": "application/json"}), 400,
                  "invalid_json")
     from indexer.collection import Collection
 
     Collection.open_for_encoder(tmp_path / "empty", world.encoder.spec).close()
-    app = create_app(Settings(collection=tmp_path / "empty", vlm=client.app.state.settings.vlm, device="cpu"),
-                     encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    settings = Settings(collection=tmp_path / "empty", vlm=client.app.state.settings.vlm, device="cpu")
+    with api_client(settings, world.encoder) as c:
         for headers in ({}, SSE):
             err = assert_error(c.post(f"{API}/ask", json={"question": "is there a skull?"}, headers=headers), 422,
                                "invalid_input")

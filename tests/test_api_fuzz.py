@@ -31,8 +31,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from indexer.collection import Collection
+from tests.helpers import SMALL_WORLD
 from ui.settings import Settings
-from tests.world_collection import build_world_collection
 from ui.api.app import create_app
 from ui.api.security import create_api_key
 
@@ -42,8 +42,9 @@ BUDGET_S = 45.0        # per pass; operations left when it runs out are reported
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("api_fuzz"), world_tiny_clip_dir, n=48, seed=11)
+def world(world_of, tmp_path_factory):
+    """A copy of the small shared world: the fuzzer calls every route with an admin key."""
+    return world_of(*SMALL_WORLD).copy(tmp_path_factory.mktemp("api_fuzz") / "collection")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from indexer.catalog.models import ModerationDecision, ModerationPolicy, ModerationRun, ModerationState, PhotoFile
@@ -20,9 +19,8 @@ from retrieval.moderation.rescan import rescan
 from retrieval.moderation.service import moderate_bytes, moderate_ids
 from retrieval.moderation.store import get_policy, list_policies
 from tests.api_support import assert_error
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import build_world_collection
-from ui.api.app import create_app
+from tests.helpers import WORLD
+from ui.demo.world import UNSAFE_CONCEPT
 from ui.api.moderation_schemas import Outcome
 from ui.api.security import create_api_key
 
@@ -38,8 +36,9 @@ def skull_policy(threshold: float, review: float | None = None, name: str = "wor
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("api_moderation"), world_tiny_clip_dir, n=160, seed=11)
+def world(world_of, tmp_path_factory):
+    """A copy of the shared world: these tests store keys, policies and decisions in it."""
+    return world_of(*WORLD).copy(tmp_path_factory.mktemp("api_moderation") / "collection")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +48,8 @@ def keys(world):
 
 
 @pytest.fixture(scope="module")
-def client(world, keys):
-    settings = Settings(collection=world.path, api_max_upload_bytes=300_000)
-    app = create_app(settings, encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+def client(world, keys, api_client):
+    with api_client(Settings(collection=world.path, api_max_upload_bytes=300_000), world.encoder) as c:
         yield c
 
 
@@ -131,6 +128,45 @@ def test_moderate_upload_and_photo_id_equal_the_service(client, world, coll, lab
         assert action is None or got.json()["action"] == action
     assert client.post(f"{API}/moderate", data={"photo_id": str(skulls[0]), "policy": "world", "version": "2"}
                        ).json()["version"] == 2
+
+
+def test_moderate_several_images_gives_one_entry_each_and_a_bad_one_fails_alone(client, world, coll, stored):
+    """Issue 20.3: ``files`` repeated → one decision per image in order; an undecodable image (valid header,
+    truncated data) and a non-image get their own 4xx entry, the others their decisions."""
+    record = get_policy(coll)
+    skull = next(Path(p) for p, s in world.truth.items() if s.unsafe).read_bytes()
+    other = next(Path(p) for p, s in world.truth.items() if not s.unsafe).read_bytes()
+    truncated = skull[: len(skull) // 2]
+    parts = [("files", ("a.png", skull, "image/png")), ("files", ("b.png", truncated, "image/png")),
+             ("files", ("c.png", other, "image/png")), ("files", ("d.txt", b"not an image at all", "text/plain"))]
+    resp = client.post(f"{API}/moderate", files=parts)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["count"] == 4 and body["decided"] == 2
+    assert [r["index"] for r in body["results"]] == [0, 1, 2, 3]
+    assert [r["status"] for r in body["results"]] == [200, 422, 200, 415]
+    assert body["results"][1]["error"]["code"] == "undecodable_image" and body["results"][1]["decision"] is None
+    assert body["results"][3]["error"]["code"] == "unsupported_media_type"
+    for i, data in ((0, skull), (2, other)):  # the same decision a single-image request gets
+        want = moderate_bytes(record, world.encoder, data).to_dict()
+        got = body["results"][i]["decision"]
+        assert got["action"] == want["action"] and got["hits"] == want["hits"]
+        for g, w in zip(got["concepts"], want["concepts"]):
+            assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+    assert body["results"][0]["decision"]["action"] == "quarantine"
+    assert body["results"][0]["filename"] == "a.png"
+    single = client.post(f"{API}/moderate", files={"file": ("b.png", truncated, "image/png")})
+    assert single.status_code == 422  # alone, the same image is the request's own 4xx
+
+
+def test_moderate_refuses_too_many_images_or_two_kinds_of_input(client, stored):
+    from ui.api.routers.moderation import MAX_MODERATE_FILES
+
+    png = next(iter([b"\x89PNG"]))  # never decoded: the count is checked first
+    too_many = [("files", (f"{i}.png", png, "image/png")) for i in range(MAX_MODERATE_FILES + 1)]
+    assert_error(client.post(f"{API}/moderate", files=too_many), 422, "invalid_input")
+    assert_error(client.post(f"{API}/moderate", files=[("files", ("a.png", png, "image/png"))],
+                             data={"photo_id": "1"}), 422, "invalid_input")
 
 
 def test_rescan_dry_run_writes_nothing_and_a_real_run_needs_write_and_the_lock(client, keys, world, coll, stored):
@@ -296,6 +332,18 @@ def test_bad_input_is_a_4xx_in_the_error_shape_and_changes_nothing(client, keys,
     assert _counts(coll) == before
 
 
+def test_calibrate_with_95k_unknown_ids_names_their_count_and_a_few(world, keys, stored):
+    unknown = list(range(10_000_000, 10_095_000))  # a 950 KB body: under the default 32 MiB limit
+    body = {"concept": UNSAFE_CONCEPT, "positive_ids": unknown, "negative_ids": [2], "target_precision": 0.9}
+    app = create_app(Settings(collection=world.path), encoder_loader=lambda s: world.encoder)
+    with TestClient(app, raise_server_exceptions=False) as big_bodies:
+        resp = big_bodies.post(f"{API}/moderate/calibrate", json=body, headers=_w(keys))
+    err = assert_error(resp, 422, "invalid_input")
+    assert len(resp.content) < 2_000, len(resp.content)
+    assert "95000 photo ids" in err["message"] and "10000000, 10000001" in err["message"], err
+    assert "10094999" not in err["message"]
+
+
 def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     doc = client.get("/openapi.json").json()
     routes = {("/api/v1/moderate", "post"): ("ModerateForm", "ModerationDecisionOut"),
@@ -320,13 +368,12 @@ def test_openapi_lists_the_moderation_routes_with_named_schemas(client):
     assert get_args(Outcome) == OUTCOMES == tuple(schemas["StoredDecisionOut"]["properties"]["action"]["enum"])
 
 
-def test_no_active_policy_and_another_collection_copy(tmp_path, world):
+def test_no_active_policy_and_another_collection_copy(tmp_path, world, api_client):
     """A copy of the collection without policies: every policy-using route says there is none (404)."""
     with world.private_copy(tmp_path / "coll") as c, c.catalog.session() as s, s.begin():
         for table in (ModerationState, ModerationDecision, ModerationRun, ModerationPolicy):
             s.query(table).delete()
-    app = create_app(Settings(collection=tmp_path / "coll"), encoder_loader=lambda s: world.encoder)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client(Settings(collection=tmp_path / "coll"), world.encoder) as c:
         for url, kw in (("/moderate", {"data": {"photo_id": "1"}}), ("/moderate/rescan", {}),
                         ("/moderate/calibrate", {"json": {"concept": "x", "positive_ids": [1], "negative_ids": [2],
                                                           "target_recall": 1.0}})):

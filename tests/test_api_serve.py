@@ -138,3 +138,64 @@ def test_two_workers_on_postgresql(tmp_path, tiny_encoder, pg_database_url):
             assert c.post(f"{API}/index/jobs", json={"paths": ["/tmp"]}, headers={"X-API-Key": key}).status_code == 403
             bad = c.post(f"{API}/index/jobs", json={"paths": ["/tmp"]}, headers={"X-API-Key": "pdx_bad"})
             assert bad.status_code == 401
+
+
+def _wait_ready(proc: subprocess.Popen, base: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}{API}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.2)
+
+
+def test_a_sigkilled_server_leaves_no_worker_holding_its_port(tmp_path, tiny_encoder):
+    """An index job's decode workers are forks of the server: they must not keep its listening socket, and
+    they die with it, so a restart right after ``kill -9`` binds the port at once."""
+    import json
+    import os
+    import signal
+
+    from tests.helpers import alive, children_of, slow_photos
+
+    coll_dir = _collection(tmp_path, tiny_encoder)
+    slow_photos(tmp_path / "lib" / "slow", 16)
+    with Collection.open(coll_dir) as coll:
+        key = create_api_key(coll.catalog, "w", "write")
+    env = {**env_offline(), "PHOTODEX_API_LIBRARY_ROOTS": json.dumps([str(tmp_path / "lib")]),
+           "PHOTODEX_WORKERS": "2", "PHOTODEX_BATCH_SIZE": "2"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "ui.cli", "serve", "--port", str(port), "--collection", str(coll_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    restarted = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(proc, base)
+        job = httpx.post(f"{base}{API}/index/jobs", json={"paths": [str(tmp_path / "lib" / "slow")]},
+                         headers={"X-API-Key": key}, timeout=30)
+        assert job.status_code == 202, job.text
+        deadline = time.monotonic() + 120
+        while not (workers := children_of(proc.pid)):
+            assert time.monotonic() < deadline and proc.poll() is None, "the job's decode workers never started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        with socket.socket() as again:  # as uvicorn binds: refused while any process still listens there
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+        deadline = time.monotonic() + 2
+        while any(alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"decode workers {workers} outlived their killed server"
+            time.sleep(0.05)
+        restarted = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_ready(restarted, base)
+    finally:
+        for p in (proc, restarted):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)

@@ -19,16 +19,18 @@ from indexer.core.errors import InputError, WriterBusyError
 from retrieval.search.captions import CaptionIndex, caption_matches, tokenize
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.helpers import env_offline, make_library
-from tests.world.generate import CLASSES
-from tests.world_collection import WorldCollection, build_world_collection
+from tests.helpers import LARGE_WORLD, cli, env_offline, make_library
+from ui.demo.world import CLASSES
+from ui.demo.collection import WorldCollection, build_world_collection
 
 POSITION = "is the object on the left or the right?"  # the tiny VLM answers "left" / "right"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
-    return build_world_collection(tmp_path_factory.mktemp("caption_world"), world_tiny_clip_dir, n=240, seed=21)
+def world(tmp_path_factory, world_encoder) -> WorldCollection:
+    """A world of this module's own, like ``large_world``: the captioning run here damages a photo file."""
+    return build_world_collection(tmp_path_factory.mktemp("caption_world"), n=LARGE_WORLD[0], seed=LARGE_WORLD[1],
+                                  encoder=world_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -280,10 +282,8 @@ print(json.dumps({"rc": rc, "torch": "torch" in sys.modules}), file=sys.stderr)
 def test_hybrid_search_stays_on_the_torch_free_text_path(tmp_path, world_tiny_clip_dir):
     make_library(tmp_path / "lib", 12)
     coll_dir = tmp_path / "coll"
-    out = subprocess.run([sys.executable, "-m", "ui.cli", "index", str(tmp_path / "lib"), "--collection",
-                          str(coll_dir), "--model", f"local-dir:{world_tiny_clip_dir}", "--workers", "0", "--json"],
-                         env=env_offline(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    cli("index", str(tmp_path / "lib"), "--collection", str(coll_dir), "--model", f"local-dir:{world_tiny_clip_dir}",
+        "--workers", "0", "--json")
     from indexer.collection import Collection
 
     with Collection.open(coll_dir) as c, c.catalog.session() as s, s.begin():

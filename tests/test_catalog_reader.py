@@ -15,13 +15,12 @@ from indexer.catalog.models import Embedding, Meta, Photo, PhotoFile, Tag
 from indexer.catalog.read import EngineReader, SqliteReader
 from indexer.collection import Collection
 from indexer.core.errors import CollectionError
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from indexer.core.vectors import decode_vectors
 from retrieval.visibility import hidden_ids
 from retrieval.search.searcher import SearchOptions, Searcher
-from tests.helpers import make_library
+from tests.helpers import OPTS, make_library
 
-OPTS = RunOptions(batch_size=8, workers=0)
 N = 12
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,9 +11,8 @@ from retrieval.classify.eval_folder import evaluate_image_folder
 from retrieval.classify.tagging import ZeroShotClassifier, classify_files, list_tags, tag_library
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.helpers import env_offline
-from tests.world.generate import CLASSES, write_imagefolder
-from tests.world_collection import build_world_collection
+from tests.helpers import cli
+from ui.demo.world import CLASSES, write_imagefolder
 
 WORLD_TEMPLATES = ["a photo of a {}", "a photo of one {}", "a picture of a {}", "{}"]
 
@@ -28,10 +25,8 @@ def heldout(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoder(world_tiny_clip_dir):
-    from indexer.encode.encoders import load_encoder
-
-    return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
+def encoder(world_encoder):
+    return world_encoder
 
 
 def test_zero_shot_accuracy_on_held_out_images(heldout, encoder, tmp_path):
@@ -59,14 +54,14 @@ def test_eval_ensemble_and_few_shot(heldout, encoder, tmp_path):
     assert report["zero_shot"]["per_class"] and set(report["zero_shot"]["per_class"]) <= set(CLASSES)
 
 
-def test_library_tags_stored_replaced_and_filterable(tmp_path, world_tiny_clip_dir):
-    world = build_world_collection(tmp_path, world_tiny_clip_dir, n=120, seed=3)
-    coll = world.open()
+def test_library_tags_stored_replaced_and_filterable(tmp_path, world):
+    n = len(world.truth)
+    coll = world.private_copy(tmp_path / "coll")  # tagging writes
     clf = ZeroShotClassifier(world.encoder, list(CLASSES), ["a photo of a {}"])
     result = tag_library(coll, clf, "world", k=1)
-    assert result["photos"] == 120 and result["tags"] == 120
+    assert result["photos"] == n and result["tags"] == n
     rows = list_tags(coll, "world")
-    assert sum(r["photos"] for r in rows) == 120
+    assert sum(r["photos"] for r in rows) == n
     s = Searcher(coll, world.encoder)
     hits = s.search_text("a photo of a green triangle", SearchOptions(k=50, collapse=None,
                                                                      filters=parse_filters(["tag=green triangle"])))
@@ -81,15 +76,10 @@ def test_library_tags_stored_replaced_and_filterable(tmp_path, world_tiny_clip_d
     coll.close()
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ui.cli", *args], env=env_offline(), capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_cli_classify_and_bad_label_input(heldout, world_tiny_clip_dir, tmp_path):
     model = f"local-dir:{world_tiny_clip_dir}"
     img = sorted(heldout.rglob("*.png"))[0]
-    ok = _cli("classify", "--model", model, "--labels", ",".join(CLASSES), "--templates", "imagenet7", str(img),
+    ok = cli("classify", "--model", model, "--labels", ",".join(CLASSES), "--templates", "imagenet7", str(img),
               "--json", "-k", "2")
     assert ok.returncode == 0, ok.stderr
     out = json.loads(ok.stdout)
@@ -103,7 +93,7 @@ def test_cli_classify_and_bad_label_input(heldout, world_tiny_clip_dir, tmp_path
         (["--labels", "dog,cat", "--templates", str(bad_tmpl)], "{}"),
     ]
     for extra, needle in cases:
-        r = _cli("classify", "--model", model, *extra, str(img))
+        r = cli("classify", "--model", model, *extra, str(img), check_rc=None)
         assert r.returncode == 2 and needle in r.stderr.lower() and "Traceback" not in r.stderr, (extra, r.stderr)
 
 
@@ -112,12 +102,12 @@ def test_cli_multi_label_with_per_label_thresholds(heldout, world_tiny_clip_dir,
     img = sorted((heldout / "red circle").glob("*.png"))[0]
     th = tmp_path / "th.tsv"
     th.write_text("red circle\t0.5\nblue square\t0.99\n")
-    r = _cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
-             "--thresholds-file", str(th), str(img), "--json")
+    r = cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
+            "--thresholds-file", str(th), str(img), "--json")
     assert r.returncode == 0, r.stderr
     labels = [x["label"] for x in json.loads(r.stdout)[0]["labels"]]
     assert labels == ["red circle"]
     th.write_text("red circle\t0.5\n")
-    r = _cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
-             "--thresholds-file", str(th), str(img))
+    r = cli("classify", "--model", model, "--labels", "red circle,blue square", "--multi-label",
+            "--thresholds-file", str(th), str(img), check_rc=None)
     assert r.returncode == 2 and "no threshold for blue square" in r.stderr

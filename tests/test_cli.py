@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from tests.helpers import env_offline, make_library
+from tests.helpers import cli, env_offline, make_library
 
 
 def _photodex(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    """``python -m ui.cli ARGS`` in a process of its own: the real entry point and exit code."""
     proc = subprocess.run([sys.executable, "-m", "ui.cli", *args], env=env_offline(), capture_output=True,
                           text=True, timeout=300)
     if check_rc is not None:
@@ -25,21 +26,21 @@ def test_index_info_errors_and_mismatch(tmp_path, tiny_clip):
     lib, coll = tmp_path / "lib", tmp_path / "coll"
     make_library(lib, 5)
     (lib / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    out = _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}", "--json")
+    out = cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}", "--json")
     summary = json.loads(out.stdout)
     assert summary["encode"]["encoded"] == 5 and summary["encode"]["errors"] == 1
 
-    info = json.loads(_photodex("info", "--collection", str(coll), "--json").stdout)
+    info = json.loads(cli("info", "--collection", str(coll), "--json").stdout)
     assert info["photos"] == 6 and info["vectors"] == 5 and info["errors"] == 1 and info["disk_bytes"] > 0
     assert info["encoder_spec"]["embed_dim"] == 32
-    errors = json.loads(_photodex("info", "--collection", str(coll), "--errors", "--json").stdout)
+    errors = json.loads(cli("info", "--collection", str(coll), "--errors", "--json").stdout)
     assert [e["path"].rsplit("/", 1)[-1] for e in errors] == ["broken.jpg"]
 
     # re-running without --model uses the collection's own encoder
-    again = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--json").stdout)
+    again = json.loads(cli("index", str(lib), "--collection", str(coll), "--json").stdout)
     assert again["encode"]["encoded"] == 0 and again["sync"]["unchanged"] == 6
 
-    bad = _photodex("index", str(lib), "--collection", str(coll), "--model", "ViT-B-32", "--pretrained", "none",
+    bad = cli("index", str(lib), "--collection", str(coll), "--model", "ViT-B-32", "--pretrained", "none",
                     check_rc=2)
     assert "cannot be mixed" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()[-1]) > 20
@@ -49,11 +50,11 @@ def test_configuration_errors_exit_2_without_traceback(tmp_path):
     unknown = _photodex("index", str(tmp_path), "--collection", str(tmp_path / "c"), "--model", "nope-model",
                         check_rc=2)
     assert "could not load encoder" in unknown.stderr and "Traceback" not in unknown.stderr
-    missing = _photodex("info", "--collection", str(tmp_path / "none"), check_rc=2)
+    missing = cli("info", "--collection", str(tmp_path / "none"), check_rc=2)
     assert "no collection at" in missing.stderr
     ro = tmp_path / "ro"
     ro.write_text("a file where a folder should be")
-    unwritable = _photodex("index", str(tmp_path), "--collection", str(ro / "sub"), "--model", "ViT-B-32",
+    unwritable = cli("index", str(tmp_path), "--collection", str(ro / "sub"), "--model", "ViT-B-32",
                            "--pretrained", "none", check_rc=2)
     assert "not writable" in unwritable.stderr and "Traceback" not in unwritable.stderr
 
@@ -69,7 +70,7 @@ def test_invalid_setting_is_a_one_line_error(monkeypatch, capsys, tmp_path):
 
 def test_missing_photo_folder_is_refused_before_any_model_loads(tmp_path):
     # the default model would need a download; the path check must come first and fail fast
-    r = _photodex("index", str(tmp_path / "no-such-folder"), "--collection", str(tmp_path / "c"), check_rc=2)
+    r = cli("index", str(tmp_path / "no-such-folder"), "--collection", str(tmp_path / "c"), check_rc=2)
     assert "path not found" in r.stderr and "could not load encoder" not in r.stderr
     assert not (tmp_path / "c").exists()
 
@@ -122,14 +123,14 @@ def test_deleted_manifest_then_another_model_is_refused(tmp_path):
     make_library(lib, 3)
     model_a, _ = save_tiny_clip(tmp_path / "a", seed=1)
     model_b, _ = save_tiny_clip(tmp_path / "b", seed=2)
-    _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--workers", "0")
+    cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--workers", "0")
     (coll / "manifest.json").unlink()
     make_library(lib, 2, start=50)
-    bad = _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_b}", check_rc=2)
+    bad = cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_b}", check_rc=2)
     assert "manifest is missing" in bad.stderr and "Traceback" not in bad.stderr
     assert not (coll / "manifest.json").exists()  # nothing was pinned to the other model
     # the original model may re-create it and carry on
-    ok = _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--json")
+    ok = cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{model_a}", "--json")
     assert json.loads(ok.stdout)["encode"]["encoded"] == 2
 
 
@@ -139,11 +140,11 @@ def test_names_with_newlines_stay_on_one_line_in_text_output(tmp_path, tiny_clip
     make_library(lib, 2)
     odd = lib / "evil\nname\t.jpg"
     (lib / "0" / "sub0" / "img_0000.jpg").rename(odd)
-    _photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}", "--workers", "0")
-    out = _photodex("search", "x", "--collection", str(coll), "--no-collapse").stdout
+    cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}", "--workers", "0")
+    out = cli("search", "x", "--collection", str(coll), "--no-collapse").stdout
     lines = out.strip().splitlines()
     assert len(lines) == 2 and any("evil\\nname\\t.jpg" in ln for ln in lines)
-    as_json = json.loads(_photodex("search", "x", "--collection", str(coll), "--no-collapse", "--json").stdout)
+    as_json = json.loads(cli("search", "x", "--collection", str(coll), "--no-collapse", "--json").stdout)
     assert any(p.endswith("evil\nname\t.jpg") for h in as_json for p in h["paths"])  # JSON keeps the real name
 
 
@@ -152,11 +153,11 @@ def test_unchanged_library_does_not_load_the_encoder(tmp_path, tiny_clip):
     shutil.copytree(tiny_clip[0], folder)  # a private copy: this test deletes it
     lib, coll = tmp_path / "lib", tmp_path / "coll"
     make_library(lib, 3)
-    first = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}",
+    first = json.loads(cli("index", str(lib), "--collection", str(coll), "--model", f"local-dir:{folder}",
                                  "--json").stdout)
     assert first["encoder_loaded"] is True
     shutil.rmtree(folder)  # the model is gone: a re-check must not need it
-    again = json.loads(_photodex("index", str(lib), "--collection", str(coll), "--json").stdout)
+    again = json.loads(cli("index", str(lib), "--collection", str(coll), "--json").stdout)
     assert again["encoder_loaded"] is False and again["sync"]["unchanged"] == 3
     assert again["index"]["action"] == "up-to-date"
     probe = ("import sys; from ui.cli import main; rc = main(sys.argv[1:]); "

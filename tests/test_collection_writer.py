@@ -15,10 +15,9 @@ from sqlalchemy import func, select
 from indexer.catalog.models import INDEXED, Embedding, Photo
 from indexer.collection import Collection
 from indexer.core.errors import WriterBusyError
-from indexer.run import RunOptions, index_paths
-from tests.helpers import env_offline, make_library
+from indexer.run import index_paths
+from tests.helpers import OPTS, env_offline, make_library
 
-OPTS = RunOptions(batch_size=8, workers=0)
 
 
 def _cli(*args: str) -> subprocess.Popen:

@@ -114,3 +114,32 @@ def test_heic_decodes_with_the_heic_extra(tmp_path):
     assert facts.format == "HEIF" and out.size == (64, 48)
     r, g, b = out.getpixel((30, 20))
     assert r > 150 and g < 90 and b < 90
+
+
+@pytest.mark.parametrize("limit, side", [(None, 30000), (1_000_000, 1200)])
+def test_one_bomb_limit_and_one_message_at_index_and_query_time(tmp_path, tiny_clip, limit, side):
+    """PHOTODEX_MAX_IMAGE_PIXELS is the limit everywhere (decode workers and query images alike), and the
+    reason names it, not Pillow's doubled error threshold."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import bomb_png, env_offline, make_library
+
+    lib, coll = tmp_path / "lib", tmp_path / "coll"
+    make_library(lib, 2)
+    (lib / "big.png").write_bytes(bomb_png(side))
+    env = env_offline()
+    if limit is not None:
+        env["PHOTODEX_MAX_IMAGE_PIXELS"] = str(limit)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ui.cli", *a, "--collection", str(coll)],  # noqa: E731
+                                    env=env, capture_output=True, text=True, timeout=300)
+    done = run("index", str(lib), "--model", f"local-dir:{tiny_clip[0]}", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    reasons = {os.path.basename(e["path"]): e["error"] for e in json.loads(run("info", "--errors", "--json").stdout)}
+    reason = reasons["big.png"]
+    expected = limit or 178_956_970
+    assert f"{side * side} pixels" in reason and f"limit of {expected} " in reason and str(2 * expected) not in reason
+    query = run("similar", str(lib / "big.png"))
+    assert query.returncode == 2 and reason in query.stderr, (reason, query.stderr)

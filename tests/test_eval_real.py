@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import env_offline
 from tests.world.eval_sets import write_caption_sets
-from tests.world.generate import write_imagefolder
+from ui.demo.world import write_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "eval_real.sh"

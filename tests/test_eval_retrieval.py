@@ -30,13 +30,6 @@ def _one_process(monkeypatch):
     monkeypatch.setenv("PHOTODEX_DEVICE", "cpu")
 
 
-@pytest.fixture(scope="module")
-def world_encoder(world_tiny_clip_dir):
-    from indexer.encode.encoders import load_encoder
-
-    return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
-
-
 def clip_benchmark_recall(image_vectors, caption_vectors, caption_image, ks=(1, 5, 10), batch=8):
     """clip_benchmark's ``zeroshot_retrieval.evaluate`` on given embeddings: a model that looks them up."""
     images = torch.from_numpy(np.asarray(image_vectors, np.float32))

@@ -15,7 +15,7 @@ from retrieval.classify.metrics import evaluate_scores
 from retrieval.classify.templates import load_templates
 from retrieval.evaluation.compare import disk_per_million
 from tests.world.eval_sets import write_caption_sets
-from tests.world.generate import CLASSES, write_imagefolder
+from ui.demo.world import CLASSES, write_imagefolder
 from ui.cli import main
 
 

@@ -204,3 +204,18 @@ def test_the_checker_finds_a_planted_cycle_upward_import_and_broken_import(tmp_p
     # the same package with the cycle removed passes
     (tmp_path / "low/b.py").write_text("X = 2\n")
     assert cycles(import_graph(tmp_path, ("low", "high"))[0]) == []
+
+
+def test_bench_and_scripts_import_nothing_from_tests():
+    """The benchmarks and the demo scripts stand on the product alone (the synthetic world is ``ui.demo``)."""
+    bad = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] == "tests"]
+    for path in sorted((ROOT / "scripts").glob("*.sh")):
+        bad += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                if "from tests" in line or "import tests" in line or "-m tests." in line]
+    assert len(list((ROOT / "bench").glob("*.py"))) > 5  # the walk found the benchmarks
+    assert bad == []

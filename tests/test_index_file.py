@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 
 from indexer.collection import Collection
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from retrieval.index import store
 from retrieval.index.choice import flat_spec
 from retrieval.index.persistence import IndexFileError
 from retrieval.index.store import current_index_file
 from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
-from tests.helpers import damage_index_file, env_offline, exact_search, make_library, queries_near_stored
+from tests.helpers import OPTS, damage_index_file, env_offline, exact_search, make_library, queries_near_stored
 
-OPTS = RunOptions(batch_size=8, workers=0)
 K = 5
 
 
@@ -34,7 +33,7 @@ def indexed(tmp_path, tiny_encoder):
     with Collection.open_for_encoder(tmp_path / "coll", tiny_encoder.spec) as coll:
         index_paths(coll, tiny_encoder, [lib], OPTS)
         refresh_index(coll)
-    store._cache.clear()
+    store.clear_cache()
     return tmp_path / "coll", lib
 
 
@@ -65,10 +64,21 @@ def test_damaged_index_is_detected_searched_exactly_and_rebuilt(indexed, how):
         result = refresh_index(coll)  # the writer repairs it
         assert result["action"] == "rebuilt" and result["vectors"] == 30
         VectorIndex.load(current_index_file(coll))  # verifies again
-        store._cache.clear()
+        store.clear_cache()
         view = open_index(coll)
         assert view.base is not None and view.exact_rows == 0
         np.testing.assert_array_equal(view.search(q, K)[1], truth_i)
+
+
+def test_open_index_is_cached_per_process_until_clear_cache(indexed):
+    coll_dir, _ = indexed
+    with Collection.open(coll_dir) as coll:
+        first = open_index(coll)
+        assert open_index(coll) is first  # same index file, same catalog generation: the cached view
+        store.clear_cache()
+        again = open_index(coll)
+        assert again is not first and again.base is not first.base and open_index(coll) is again
+        np.testing.assert_array_equal(again.ids, first.ids)
 
 
 def test_reader_sees_vectors_committed_after_the_index_file(indexed, tiny_encoder):

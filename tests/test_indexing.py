@@ -15,18 +15,9 @@ from sqlalchemy import func, select
 from indexer.catalog.models import INDEXED, Embedding, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.core.errors import EncoderMismatchError
-from indexer.run import RunOptions, index_paths
-from tests.helpers import make_library, random_photo
+from indexer.run import RunOptions
+from tests.helpers import index_into, make_library, random_photo
 
-OPTS = RunOptions(batch_size=8, workers=0)
-
-
-def _index(coll_dir: Path, encoder, roots, db_url=None, opts=OPTS):
-    coll = Collection.open_for_encoder(coll_dir, encoder.spec, db_url)
-    try:
-        return index_paths(coll, encoder, roots, opts), coll
-    finally:
-        coll.close()
 
 
 def _invariants(coll: Collection, lib: Path) -> dict[str, int]:
@@ -47,14 +38,15 @@ def test_incremental_add_modify_delete_move(tmp_path, tiny_encoder):
     lib = tmp_path / "lib"
     files = make_library(lib, 12)
     coll_dir = tmp_path / "coll"
-    summary, coll = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.encode.encoded == 12 and summary.sync.new_photos == 12
 
     # nothing changed: nothing hashed, nothing encoded
-    summary, coll = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.sync.unchanged == 12 and summary.sync.hashed == 0 and summary.encode.encoded == 0
 
-    ids, vecs_before = coll.load_vectors()
+    with Collection.open(coll_dir) as coll:
+        ids, vecs_before = coll.load_vectors()
     before = dict(zip(ids.tolist(), vecs_before))
     # add 2, modify 1, delete 1, move 1 (rename into another folder), copy 1 (duplicate)
     make_library(lib, 2, start=100)
@@ -65,7 +57,7 @@ def test_incremental_add_modify_delete_move(tmp_path, tiny_encoder):
     moved.parent.mkdir()
     shutil.move(files[2], moved)
     shutil.copy(files[3], lib / "copy_of_3.jpg")
-    summary, coll = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.encode.encoded == 3  # two new + one modified; the move and the copy are not re-encoded
     assert summary.sync.linked_existing == 2
     assert summary.sync.removed_photos == 2  # the deleted one and the old content of the modified one
@@ -88,7 +80,7 @@ def test_identical_files_are_one_photo_with_all_paths(tmp_path, tiny_encoder):
     for name in ("b.jpg", "c/d.jpg"):
         (lib / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, lib / name)
-    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib])
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib])
     coll = Collection.open(tmp_path / "coll")
     with coll.catalog.session() as s:
         photo = s.scalars(select(Photo)).one()
@@ -144,7 +136,7 @@ def _bad_corpus(lib: Path) -> dict[str, str]:
 def test_bad_files_recorded_and_run_goes_on(tmp_path, tiny_encoder):
     lib = tmp_path / "lib"
     expect = _bad_corpus(lib)
-    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib], opts=RunOptions(batch_size=4, workers=0,
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib], opts=RunOptions(batch_size=4, workers=0,
                                                                                    max_image_pixels=50_000_000))
     coll = Collection.open(tmp_path / "coll")
     errors = {Path(e["path"]).name: e["error"] for e in coll.errors()}
@@ -163,7 +155,7 @@ def test_bad_files_recorded_and_run_goes_on(tmp_path, tiny_encoder):
         weird = s.scalar(select(PhotoFile).where(PhotoFile.path.like("%latin1.jpg")))
         assert os.path.exists(weird.path_bytes) and "\\xe9" in weird.path
     # a second run does not retry unchanged failures and finds nothing new
-    summary2, _ = _index(tmp_path / "coll", tiny_encoder, [lib])
+    summary2 = index_into(tmp_path / "coll", tiny_encoder, [lib])
     assert summary2.encode.encoded == 0 and summary2.encode.errors == 0
 
 
@@ -171,7 +163,7 @@ def test_encoder_mismatch_is_refused(tmp_path, tiny_encoder):
     from dataclasses import replace
 
     make_library(tmp_path / "lib", 2)
-    _index(tmp_path / "coll", tiny_encoder, [tmp_path / "lib"])
+    index_into(tmp_path / "coll", tiny_encoder, [tmp_path / "lib"])
     other = replace(tiny_encoder.spec, weights_fingerprint="different")
     with pytest.raises(EncoderMismatchError, match="cannot be mixed"):
         Collection.open_for_encoder(tmp_path / "coll", other)
@@ -182,7 +174,7 @@ def test_catalog_on_postgresql(tmp_path, tiny_encoder, pg_database_url):
     make_library(lib, 6)
     shutil.copy(next(lib.rglob("*.jpg")), lib / "dup.jpg")
     (lib / "broken.jpg").write_text("nope")
-    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib], db_url=pg_database_url)
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib], db_url=pg_database_url)
     assert summary.encode.encoded == 6 and summary.encode.errors == 1
     coll = Collection.open(tmp_path / "coll", pg_database_url)
     assert coll.catalog.engine.dialect.name == "postgresql"
@@ -191,7 +183,7 @@ def test_catalog_on_postgresql(tmp_path, tiny_encoder, pg_database_url):
     assert len(ids) == 6 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
     (lib / "dup.jpg").unlink()
     next(lib.rglob("img_0005.jpg")).unlink()
-    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib], db_url=pg_database_url)
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib], db_url=pg_database_url)
     assert summary.sync.removed_photos == 1 and summary.sync.removed_files == 2
     assert len(coll.load_vectors()[0]) == 5
     coll.close()
@@ -201,7 +193,7 @@ def test_bomb_limit_applies_inside_decode_workers(tmp_path, tiny_encoder):
     lib = tmp_path / "lib"
     random_photo(lib / "small.jpg", size=(40, 30))
     Image.new("L", (3000, 3000)).save(lib / "big.png")  # 9 MP, over the 1 MP limit set below
-    summary, _ = _index(tmp_path / "coll", tiny_encoder, [lib],
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib],
                         opts=RunOptions(batch_size=4, workers=1, max_image_pixels=1_000_000))
     assert summary.encode.encoded == 1 and summary.encode.errors == 1
     errors = Collection.open(tmp_path / "coll").errors()

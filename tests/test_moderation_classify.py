@@ -15,17 +15,18 @@ from retrieval.classify.tagging import ZeroShotClassifier, tag_library
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import rescan
 from retrieval.moderation.store import save_policy
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import UNSAFE_CONCEPT
+from tests.helpers import WORLD
+from ui.demo.collection import WorldCollection
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}"]
 LABELS = ["circle", "square", "triangle"]
 
 
 @pytest.fixture(scope="module")
-def moderated(tmp_path_factory, world_tiny_clip_dir) -> tuple[WorldCollection, dict[str, set[int]]]:
+def moderated(tmp_path_factory, world_of) -> tuple[WorldCollection, dict[str, set[int]]]:
     """A world collection where some photos are quarantined (skulls) and some blocked (red circles)."""
-    world = build_world_collection(tmp_path_factory.mktemp("tagworld"), world_tiny_clip_dir, n=80, seed=31)
+    world = world_of(*WORLD).copy(tmp_path_factory.mktemp("tagworld") / "collection")  # moderated here
     body = {"name": "tagging", "concepts": [
         {"name": UNSAFE_CONCEPT, "prompts": [UNSAFE_CONCEPT], "templates": TEMPLATES, "threshold": 0.0,
          "action": "quarantine"},

@@ -19,7 +19,7 @@ from retrieval.moderation.history import decision_history, list_decisions
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import decide_in_session, rescan
 from retrieval.moderation.store import save_policy
-from tests.world.generate import UNSAFE_CONCEPT, write_library
+from ui.demo.world import UNSAFE_CONCEPT, write_library
 
 MODERATION_TABLES = {"moderation_policies", "moderation_runs", "moderation_decisions", "moderation_state"}
 NOW = datetime(2026, 11, 1, 12, 0, 0)
@@ -120,10 +120,8 @@ def _main(capsys, *args):
     return code, out.out, out.err
 
 
-def test_deleted_photo_keeps_its_history_and_a_reused_id_does_not_mix_it_in(tmp_path, world_tiny_clip_dir, capsys):
-    from indexer.encode.encoders import load_encoder
-
-    encoder = load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
+def test_deleted_photo_keeps_its_history_and_a_reused_id_does_not_mix_it_in(tmp_path, world_encoder, capsys):
+    encoder = world_encoder
     library = tmp_path / "library"
     write_library(library, 12, seed=41)
     coll = Collection.open_for_encoder(tmp_path / "coll", encoder.spec)

@@ -15,8 +15,7 @@ from retrieval.moderation.decide import score_keys
 from retrieval.moderation.policy import parse_policy
 from retrieval.moderation.rescan import decide_in_session, rescan
 from retrieval.moderation.store import save_policy
-from tests.world.generate import UNSAFE_CONCEPT
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import UNSAFE_CONCEPT
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 REPORT_KEYS = ("photos", "changed", "by_action", "by_concept", "changes", "changed_by_concept", "examples")
@@ -29,11 +28,6 @@ def two_concepts(skull: float, circle: float, *, circle_prompt: str = "red circl
          "review_threshold": skull - 0.1, "action": "quarantine", "special_care": True},
         {"name": "circle", "prompts": [circle_prompt, "blue circle"], "contrast": ["a square"],
          "templates": TEMPLATES, "threshold": circle, "action": action}]}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
-    return build_world_collection(tmp_path_factory.mktemp("fastworld"), world_tiny_clip_dir, n=120, seed=23)
 
 
 @pytest.fixture

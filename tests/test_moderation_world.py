@@ -30,8 +30,7 @@ from retrieval.scoring import l2_normalize
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
 from tests.helpers import env_offline
-from tests.world.generate import CLASSES, UNSAFE_CONCEPT, write_imagefolder
-from tests.world_collection import WorldCollection, build_world_collection
+from ui.demo.world import CLASSES, UNSAFE_CONCEPT, write_imagefolder
 
 TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 MODERATION_TABLES = (ModerationPolicy, ModerationRun, ModerationDecision, ModerationState)
@@ -42,11 +41,6 @@ def skull_policy(threshold: float, review: float | None = None, action: str = "q
     concept = {"name": UNSAFE_CONCEPT, "prompts": [UNSAFE_CONCEPT], "templates": TEMPLATES, "threshold": threshold,
                "review_threshold": review, "action": action}
     return {"name": name, "concepts": [concept], **extra}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir) -> WorldCollection:
-    return build_world_collection(tmp_path_factory.mktemp("modworld"), world_tiny_clip_dir, n=160, seed=11)
 
 
 @pytest.fixture
@@ -451,7 +445,7 @@ def test_policies_and_rescan_on_postgresql(world, truth, tmp_path, pg_database_u
 
 
 def test_index_run_decides_new_photos_with_the_active_policy(coll, world, truth, tmp_path, capsys):
-    from tests.world.generate import write_library
+    from ui.demo.world import write_library
 
     save_policy(coll, parse_policy(skull_policy(float(np.median(truth[3])))), world.encoder, activate=True)
     rescan(coll, get_policy(coll))  # the existing library is decided

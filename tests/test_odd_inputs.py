@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,10 @@ from indexer.sync import plan as sync
 from indexer.catalog.engine import alembic_config, make_engine, sqlite_url
 from indexer.catalog.models import INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
-from indexer.encode.encoders import Encoder
-from indexer.run import RunOptions, RunSummary, index_paths
-from tests.helpers import env_offline, random_photo
+from tests.helpers import env_offline, index_into, random_photo
 
-OPTS = RunOptions(batch_size=8, workers=0)
 REPO = Path(__file__).resolve().parents[1]
 HANG_LIMIT_S = 60  # generous: a working run takes well under a second
-
-
-def _index(coll_dir: Path, encoder: Encoder, roots: list[Path], db_url: str | None = None,
-           follow_external_symlinks: bool = False) -> RunSummary:
-    coll = Collection.open_for_encoder(coll_dir, encoder.spec, db_url)
-    try:
-        return index_paths(coll, encoder, roots, replace(OPTS, follow_external_symlinks=follow_external_symlinks))
-    finally:
-        coll.close()
 
 
 def _files(coll_dir: Path, db_url: str | None = None) -> dict[bytes, PhotoFile]:
@@ -93,7 +80,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, tiny_encoder, monkeypatc
         sock.close()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["file_errors"] == 4
-    summary = _index(coll_dir, tiny_encoder, [lib, fifo_root], follow_external_symlinks=True)  # zero.jpg -> /dev
+    summary = index_into(coll_dir, tiny_encoder, [lib, fifo_root], follow_external_symlinks=True)  # zero.jpg -> /dev
     assert summary.encode.encoded == 1 and summary.sync.hashed == 0  # nothing but good.jpg was ever hashed
     assert _errors(coll_dir) == {
         "pipe.jpg": "not a regular file (fifo)",
@@ -141,7 +128,7 @@ def test_same_file_given_twice_is_indexed_once(tmp_path, tiny_encoder, roots, ex
     random_photo(lib / "f.jpg", seed=1)
     random_photo(lib / "sub" / "g.jpg", seed=2)
     (lib / "sub" / "link.jpg").symlink_to(lib / "f.jpg")  # another path to the same photo: its own file row
-    summary = _index(tmp_path / "coll", tiny_encoder, [lib / r for r in roots])
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib / r for r in roots])
     files = _files(tmp_path / "coll")
     assert set(files) == {os.fsencode(lib / name) for name in expected}
     assert summary.sync.scanned == len(expected) and summary.sync.file_errors == 0
@@ -164,13 +151,13 @@ def test_raw_byte_name_beside_its_escaped_twin(tmp_path, tiny_encoder, request, 
     random_photo(twin, seed=2)
     with open(raw, "wb") as fh:
         fh.write(random_photo(tmp_path / "src.jpg", seed=3).read_bytes())
-    summary = _index(tmp_path / "coll", tiny_encoder, [lib], db_url)
+    summary = index_into(tmp_path / "coll", tiny_encoder, [lib], db_url)
     assert summary.encode.encoded == 3 and summary.sync.file_errors == 0
     files = _files(tmp_path / "coll", db_url)
     assert set(files) == {raw, os.fsencode(twin), os.fsencode(lib / "other.jpg")}
     assert files[raw].path == files[os.fsencode(twin)].path  # same display text, two rows
     assert files[raw].photo_id != files[os.fsencode(twin)].photo_id
-    again = _index(tmp_path / "coll", tiny_encoder, [lib], db_url)
+    again = index_into(tmp_path / "coll", tiny_encoder, [lib], db_url)
     assert again.sync.unchanged == 3 and again.sync.hashed == 0 and again.encode.encoded == 0
 
 
@@ -215,7 +202,7 @@ def test_row_refused_by_the_database_does_not_roll_back_its_chunk(tmp_path, tiny
                              "WHEN NEW.photo_id IS NOT NULL AND NEW.path LIKE '%poison%' "
                              "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
     coll.close()
-    summary = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.encode.encoded == 2 and summary.sync.new_photos == 2 and summary.sync.file_errors == 1
     errors = _errors(coll_dir)
     assert list(errors) == ["poison.jpg"] and "poisoned row" in errors["poison.jpg"]
@@ -233,7 +220,7 @@ def test_unlistable_folder_keeps_its_indexed_files(tmp_path, tiny_encoder, monke
     random_photo(lib / "top.jpg", seed=1)
     random_photo(lib / "sub" / "inner.jpg", seed=2)
     coll_dir = tmp_path / "coll"
-    _index(coll_dir, tiny_encoder, [lib])
+    index_into(coll_dir, tiny_encoder, [lib])
     before = _files(coll_dir)
     real_scandir = os.scandir
     denied = os.fsencode(lib / "sub")
@@ -244,14 +231,14 @@ def test_unlistable_folder_keeps_its_indexed_files(tmp_path, tiny_encoder, monke
         return real_scandir(path)
 
     monkeypatch.setattr(indexer.sync.scan.os, "scandir", scandir)
-    summary = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.sync.removed_files == 0 and summary.sync.removed_photos == 0
     files = _files(coll_dir)
     inner = files[os.fsencode(lib / "sub" / "inner.jpg")]
     assert inner.photo_id == before[os.fsencode(lib / "sub" / "inner.jpg")].photo_id and inner.error is None
     assert _errors(coll_dir) == {"sub": "cannot list folder: Permission denied"}
     monkeypatch.undo()
-    summary = _index(coll_dir, tiny_encoder, [lib])
+    summary = index_into(coll_dir, tiny_encoder, [lib])
     assert summary.encode.encoded == 0 and _errors(coll_dir) == {}  # readable again: the folder's error row goes
 
 
@@ -272,7 +259,7 @@ def test_many_skipped_files_are_recorded_in_bounded_statements(tmp_path, tiny_en
 
     sa.event.listen(sa.Engine, "connect", low_limit)
     try:
-        summary = _index(tmp_path / "coll", tiny_encoder, [lib])
+        summary = index_into(tmp_path / "coll", tiny_encoder, [lib])
     finally:
         sa.event.remove(sa.Engine, "connect", low_limit)
     assert summary.encode.encoded == 1 and summary.sync.file_errors == 700

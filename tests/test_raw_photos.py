@@ -22,13 +22,12 @@ from sqlalchemy import select
 from indexer.catalog.models import ERROR, INDEXED, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.encode.decode import RAWPY_MISSING, DecodeError, decode_photo
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from indexer.sync.scan import scan
-from tests.helpers import bayer_mosaic, random_photo, two_colour_scene, write_dng
+from tests.helpers import OPTS, bayer_mosaic, random_photo, two_colour_scene, write_dng
 
 needs_rawpy = pytest.mark.skipif(importlib.util.find_spec("rawpy") is None,
                                  reason="rawpy (the raw extra) is not installed")
-OPTS = RunOptions(batch_size=8, workers=0)
 
 # sRGB colours of the four quadrants (TL, TR, BL, BR): the preview's and the RAW scene's differ,
 # so a decoded picture says which of the two it came from, and which way round it is.
@@ -287,7 +286,7 @@ def raw_world(tmp_path_factory, world_tiny_clip_dir):
     data is flat grey), odd ones only as 128 px raw data (demosaiced to 64 px)."""
     if importlib.util.find_spec("rawpy") is None:
         pytest.skip("rawpy (the raw extra) is not installed")
-    from tests.world.generate import CLASSES, make_sample
+    from ui.demo.world import CLASSES, make_sample
 
     root = tmp_path_factory.mktemp("raw_world")
     lib = root / "lib"
@@ -311,7 +310,7 @@ def raw_world(tmp_path_factory, world_tiny_clip_dir):
 
 def test_cli_index_records_raw_facts_and_text_search_finds_raws(raw_world, world_tiny_clip_dir, monkeypatch,
                                                                  capsys):
-    from tests.world.generate import class_prompt
+    from ui.demo.world import class_prompt
     from ui.cli import main
 
     root, lib, truth = raw_world

@@ -28,7 +28,7 @@ from indexer.catalog.models import Embedding, Photo, PhotoFile
 from indexer.collection import Collection
 from indexer.distributed import EncoderRecipe, RayOptions
 from indexer.run import RunOptions, index_paths
-from tests.helpers import env_offline, make_library, random_photo
+from tests.helpers import env_offline, index_into, make_library, random_photo
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 50_000_000
@@ -145,13 +145,11 @@ def _mixed_library(lib: Path) -> None:
     random_photo(lib / "rotated.jpg", (60, 40), seed=78, exif=exif)
 
 
+RAY_OPTS = RunOptions(batch_size=4, workers=0, max_image_pixels=MAX_PIXELS)
+
+
 def _index(coll_dir: Path, encoder: Any, lib: Path, **kw: Any):
-    coll = Collection.open_for_encoder(coll_dir, encoder.spec)
-    try:
-        return index_paths(coll, encoder, [lib], RunOptions(batch_size=4, workers=0, max_image_pixels=MAX_PIXELS,
-                                                            **kw))
-    finally:
-        coll.close()
+    return index_into(coll_dir, encoder, [lib], opts=RAY_OPTS, **kw)
 
 
 def _vectors(db: Path) -> dict[int, bytes]:
@@ -192,6 +190,9 @@ def test_ray_engine_gives_the_local_engines_catalog_and_vectors(tmp_path, tiny_e
     assert rotated[8] == 6 and rotated[6] == "Camera Maker" and rotated[5].year == 2021
     again = _index(tmp_path / "ray", tiny_encoder, lib, engine="ray", ray=RayOptions())
     assert again.encode.encoded == 0 and again.encode.errors == 0 and again.sync.unchanged == 18
+    # the actors' precision is recorded like the local engine's (the recipe carries the settled precision)
+    made = [json.loads((tmp_path / d / "manifest.json").read_text())["photos_by_precision"] for d in ("local", "ray")]
+    assert made[0] == made[1] and sum(made[1].values()) == 14, made
 
 
 def test_lost_actors_mid_run_every_photo_once(tmp_path, tiny_encoder, ray_cluster):

@@ -88,3 +88,29 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
         assert conn.execute("SELECT count(*) FROM photos").fetchone()[0] == N_PHOTOS
     assert paths == {str(p) for p in lib.rglob("*.jpg")}
     assert not list(coll.glob(".*.tmp"))  # no temp files left behind by atomic writes
+
+
+def test_a_sigkilled_index_run_takes_its_decode_workers_with_it(tmp_path, tiny_clip):
+    """Decode workers are forks of the run: when it is SIGKILLed they die at once, not seconds later when
+    they would notice (they hold its open files meanwhile)."""
+    from tests.helpers import alive, children_of, slow_photos
+
+    lib, coll = tmp_path / "lib", tmp_path / "coll"
+    slow_photos(lib, 16)
+    cmd = [sys.executable, "-m", "ui.cli", "index", str(lib), "--collection", str(coll), "--model",
+           f"local-dir:{tiny_clip[0]}", "--batch-size", "2", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env_offline(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := children_of(proc.pid)):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run's decode workers never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 2
+        while any(alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"decode workers {workers} outlived their killed run"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

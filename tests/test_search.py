@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,12 @@ from indexer.run import RunOptions, index_paths
 from retrieval.search.filters import FilterError, parse_filters
 from retrieval.search.query import QueryError
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
+from ui.demo.world import CLASSES, class_prompt, generate_samples
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("world_search"), world_tiny_clip_dir)
+def world(large_world):
+    return large_world
 
 
 @pytest.fixture()
@@ -97,28 +97,32 @@ def test_query_arithmetic_moves_results(world, searcher):
     assert red >= 9 and red_moved <= 2 and blue_moved >= 6
 
 
-def test_near_duplicates_collapse_and_deleted_photos_vanish(tmp_path, world_tiny_clip_dir):
-    world = build_world_collection(tmp_path, world_tiny_clip_dir, n=60, seed=11)
-    src = next(p for p, s in world.truth.items() if p.endswith(".jpg") and not s.unsafe)
-    img = Image.open(src)
-    near = str(tmp_path / "library" / "near_copy.jpg")
-    img.save(near, quality=70)  # same picture, different bytes: a near-duplicate, not an exact one
-    coll = world.open()
-    index_paths(coll, world.encoder, [world.library], RunOptions(batch_size=32, workers=0))
+def test_near_duplicates_collapse_and_deleted_photos_vanish(tmp_path, world):
+    # a photo of this test's own and its near-copy, in a folder beside the shared world's library
+    sample = next(s for s in generate_samples(8, 4711) if not s.unsafe)
+    more = tmp_path / "more"
+    more.mkdir()
+    src, near = str(more / "original.jpg"), str(more / "near_copy.jpg")
+    sample.image.save(src, quality=92)
+    sample.image.save(near, quality=70)  # same picture, different bytes: a near-duplicate, not an exact one
+    coll = world.private_copy(tmp_path / "coll")
+    roots = [world.library, more]
+    index_paths(coll, world.encoder, roots, RunOptions(batch_size=32, workers=0))
     s = Searcher(coll, world.encoder)
-    q = class_prompt(world.truth[src].class_name)
-    loose = s.search_text(q, SearchOptions(k=100, collapse=None))
+    q = class_prompt(sample.class_name)
+    every = len(world.truth) + 2  # k: every photo of the collection
+    loose = s.search_text(q, SearchOptions(k=every, collapse=None))
     ids = {h.paths[0]: h.id for h in loose}
-    collapsed = s.search_text(q, SearchOptions(k=100, collapse=0.97))
+    collapsed = s.search_text(q, SearchOptions(k=every, collapse=0.97))
     groups = [{h.id, *h.duplicates} for h in collapsed]
     assert len(collapsed) < len(loose)
     assert sum(len(g) for g in groups) == len(loose)  # every result is shown or collapsed into one, once
     assert any({ids[src], ids[near]} <= g for g in groups)  # the near-copy sits in its original's group
     assert all(np.dot(*s.coll.load_vectors(np.array([h.id, d]))[1]) >= 0.97 for h in collapsed for d in h.duplicates)
     # delete the original: it is removed from catalog and index and never returned
-    (tmp_path / "library").joinpath(src.split("/library/")[1]).unlink()
-    index_paths(coll, world.encoder, [world.library], RunOptions(batch_size=32, workers=0))
-    after = s.search_text(q, SearchOptions(k=100, collapse=None))
+    Path(src).unlink()
+    index_paths(coll, world.encoder, roots, RunOptions(batch_size=32, workers=0))
+    after = s.search_text(q, SearchOptions(k=every, collapse=None))
     assert ids[src] not in {h.id for h in after} and ids[near] in {h.id for h in after}
     coll.close()
 

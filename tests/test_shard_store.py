@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from retrieval.index import store
 from retrieval.index.persistence import IndexFileError
 from retrieval.index.sharded import ShardedIndex, shard_of
@@ -24,21 +24,18 @@ from retrieval.index.store import open_index, refresh_index
 from retrieval.index.vector_index import VectorIndex
 from retrieval.search.filters import parse_filters
 from retrieval.search.searcher import Searcher, SearchOptions
-from tests.helpers import damage_index_file, exact_search, make_library, queries_near_stored
-from tests.world.generate import CLASSES, class_prompt
-from tests.world_collection import build_world_collection
+from tests.helpers import OPTS, damage_index_file, exact_search, make_library, queries_near_stored
+from ui.demo.world import CLASSES, class_prompt
 from ui.cli import main
 
-OPTS = RunOptions(batch_size=8, workers=0)
 
 
 # ---- the product's search on a sharded collection -------------------------------------------------
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, world_tiny_clip_dir):
-    """The same world collection twice: one index file, and (after `reindex --shards 3`) three shards."""
-    root = tmp_path_factory.mktemp("shard_world")
-    world = build_world_collection(root, world_tiny_clip_dir, n=150, seed=5)
-    sharded = root / "sharded"
+def pair(tmp_path_factory, world):
+    """The same world collection twice: one index file (the shared world), and (a copy, after
+    `reindex --shards 3`) three shards."""
+    sharded = tmp_path_factory.mktemp("shard_world") / "sharded"
     shutil.copytree(world.path, sharded)
     assert main(["reindex", "--collection", str(sharded), "--shards", "3", "--json"]) == 0
     return world, sharded
@@ -57,7 +54,7 @@ def test_searcher_on_shards_equals_one_index_with_filters_and_collapse(pair):
     try:
         state = index_state(many)
         assert state["shards"] == 3 and len(state["files"]) == 3 and "file" not in state
-        assert sum(state["counts"]) == state["vectors"] == 150 and max(state["counts"]) - min(state["counts"]) <= 1
+        assert sum(state["counts"]) == state["vectors"] == len(world.truth) and max(state["counts"]) - min(state["counts"]) <= 1
         view_one, view_many = open_index(one), open_index(many)
         assert isinstance(view_one.base, VectorIndex) and isinstance(view_many.base, ShardedIndex)
         assert len(view_many.base.shards) == 3 and view_many.exact_rows == 0
@@ -104,7 +101,7 @@ def sharded(tmp_path, tiny_encoder):
         index_paths(coll, tiny_encoder, [lib], OPTS)
         result = refresh_index(coll, shards=3)
     assert result["action"] == "rebuilt" and result["counts"] == [10, 10, 10]
-    store._cache.clear()
+    store.clear_cache()
     return tmp_path / "coll", lib
 
 
@@ -153,7 +150,7 @@ def test_adds_and_removals_after_sharding_touch_only_their_shards(sharded, tiny_
         removed = refresh_index(coll)
         assert removed["action"] == "updated (+0 -4)" and removed["counts"] == [6, 10, 16]
         assert removed["files"][0] != result["files"][0] and removed["files"][1:] == result["files"][1:]
-        store._cache.clear()
+        store.clear_cache()
         _, i = open_index(coll).search(q, 32)
         assert not np.isin(i, gone).any()
         np.testing.assert_array_equal(i[:, :8], exact_search(coll, q, 8)[1])
@@ -170,7 +167,7 @@ def test_a_range_that_outgrows_the_others_is_re_split(sharded, tiny_encoder):
         assert result["action"] == "rebuilt (re-sharded)" and result["shards"] == 3
         assert max(result["counts"]) - min(result["counts"]) <= 1 and sum(result["counts"]) == 70
         q = queries_near_stored(coll)
-        store._cache.clear()
+        store.clear_cache()
         np.testing.assert_array_equal(open_index(coll).search(q, 10)[1], exact_search(coll, q, 10)[1])
         assert refresh_index(coll)["action"] == "up-to-date"
 
@@ -201,7 +198,7 @@ def test_damaged_shard_is_detected_its_range_searched_exactly_and_rebuilt(sharde
         assert result["action"] == "rebuilt" and result["counts"] == [10, 10, 10]
         for name in result["files"]:
             VectorIndex.load(index_dir(coll) / name)  # verifies again
-        store._cache.clear()
+        store.clear_cache()
         view = open_index(coll)
         assert view.base.complete and view.exact_rows == 0
         np.testing.assert_array_equal(view.search(q, 12)[1], truth_i)

@@ -12,7 +12,7 @@ import pytest
 
 from retrieval.classify.scoring import classify_vectors, cosine_scores, zero_shot_probs
 from tests.world.eval_sets import write_caption_sets
-from tests.world.generate import CLASSES, world_corpus, write_imagefolder, write_library
+from ui.demo.world import CLASSES, world_corpus, write_imagefolder, write_library
 from ui.cli import main
 
 

@@ -18,17 +18,16 @@ from sqlalchemy import select
 
 from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
-from indexer.run import RunOptions, index_paths
+from indexer.run import index_paths
 from retrieval.index.store import refresh_index
 from tests.api_support import assert_error
-from tests.helpers import make_library, random_photo
+from tests.helpers import OPTS, make_library, random_photo
 from ui.api.app import create_app
 from ui.api.security import create_api_key
 from ui.cli.app import main as cli
 from ui.settings import Settings
 
 API = "/api/v1"
-OPTS = RunOptions(batch_size=8, workers=0)
 KINDS = ["folder", "file"]
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import env_offline
-from tests.world.generate import class_prompt
-from tests.world_collection import build_world_collection
+from tests.helpers import SMALL_WORLD, env_offline
+from ui.demo.world import class_prompt
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -100,10 +99,10 @@ def _wait_ready(procs: list[tuple[subprocess.Popen, str, Path]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(browser_ready, tmp_path_factory, world_tiny_clip_dir) -> Iterator[str]:
-    """The API over a 48-photo world collection and the web UI against it; the UI's URL."""
+def servers(browser_ready, tmp_path_factory, world_of) -> Iterator[str]:
+    """The API over a copy of the small shared world collection and the web UI against it; the UI's URL."""
     root = tmp_path_factory.mktemp("web_browser")
-    world = build_world_collection(root, world_tiny_clip_dir, n=48, seed=3)
+    world = world_of(*SMALL_WORLD).copy(root / "collection")
     api_port, ui_port = _free_port(), _free_port()
     api, ui = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ui_port}"
     with ExitStack() as stack:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
@@ -20,10 +19,8 @@ from indexer.catalog.models import PhotoFile
 from indexer.collection import Collection
 from ui.settings import Settings
 from tests.api_support import png_bytes
-from tests.helpers import env_offline, make_library
-from tests.world.generate import UNSAFE_CONCEPT, class_prompt
-from tests.world_collection import build_world_collection
-from ui.api.app import create_app
+from tests.helpers import WORLD, env_offline, make_library
+from ui.demo.world import UNSAFE_CONCEPT, class_prompt
 from ui.api.ask_schemas import AskResponse
 from ui.api.schemas import SearchFiltersIn, SearchHitOut
 from ui.api.security import create_api_key
@@ -34,8 +31,15 @@ TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, world_tiny_clip_dir):
-    return build_world_collection(tmp_path_factory.mktemp("web_client"), world_tiny_clip_dir, n=160, seed=11)
+def world(world_of, tmp_path_factory):
+    """A copy of the shared world: these tests store keys, policies, decisions and new photos in it."""
+    return world_of(*WORLD).copy(tmp_path_factory.mktemp("web_client") / "collection")
+
+
+@pytest.fixture(scope="module")
+def more(tmp_path_factory) -> Path:
+    """A second library root, for photos these tests add (the shared world's library stays as it is)."""
+    return tmp_path_factory.mktemp("web_client_more")
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +49,10 @@ def write_key(world):
 
 
 @pytest.fixture(scope="module")
-def http(world, world_tiny_vlm_dir):
-    settings = Settings(collection=world.path, api_library_roots=[world.library], vlm=str(world_tiny_vlm_dir),
+def http(world, more, world_tiny_vlm_dir, api_client):
+    settings = Settings(collection=world.path, api_library_roots=[world.library, more], vlm=str(world_tiny_vlm_dir),
                         vlm_max_new_tokens=12, vlm_min_relevance=-1.0)
-    with TestClient(create_app(settings, encoder_loader=lambda s: world.encoder), raise_server_exceptions=False) as c:
+    with api_client(settings, world.encoder) as c:
         yield c
 
 
@@ -195,13 +199,13 @@ def test_ask_json_and_stream(api):
 
 
 # ---- index jobs --------------------------------------------------------------------------------
-def test_index_jobs_need_a_write_key_and_report_progress(api, writer, world):
+def test_index_jobs_need_a_write_key_and_report_progress(api, writer, world, more):
     with pytest.raises(ApiError) as err:
-        api.start_index_job([str(world.library)])
+        api.start_index_job([str(more)])
     assert err.value.status == 401
-    make_library(world.library / "new", 3, start=1000)  # after the other tests: they count 160 photos
-    job = writer.start_index_job([str(world.library)])
-    assert job.status == "running" and job.paths == [str(world.library)]
+    make_library(more / "new", 3, start=1000)  # after the other tests: they count 160 photos
+    job = writer.start_index_job([str(more)])
+    assert job.status == "running" and job.paths == [str(more)]
     deadline = time.monotonic() + 60
     while (job := writer.index_job(job.id)).status == "running":
         assert time.monotonic() < deadline
@@ -389,9 +393,8 @@ def test_indexing_page_starts_a_job_and_shows_its_progress(app_test, writer, wor
 
 # ---- against a private server (bound beyond loopback: reads need a key) ------------------------
 @pytest.fixture(scope="module")
-def private_http(world):
-    settings = Settings(collection=world.path, api_host="0.0.0.0")
-    with TestClient(create_app(settings, encoder_loader=lambda s: world.encoder), raise_server_exceptions=False) as c:
+def private_http(world, api_client):
+    with api_client(Settings(collection=world.path, api_host="0.0.0.0"), world.encoder) as c:
         yield c
 
 

@@ -9,12 +9,11 @@ Regenerate the artefacts with::
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.world.generate import (
+from ui.demo.world import (
     CLASSES,
     UNSAFE_CAPTION,
     UNSAFE_CONCEPT,
@@ -27,13 +26,11 @@ HELD_OUT_SEED = 777  # training used 1234 (CLIP) and 4321 (VLM)
 
 
 @pytest.fixture(scope="module")
-def clip_encoder(world_tiny_clip_dir: Path):
+def clip_encoder(world_encoder):
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from indexer.encode.encoders import load_encoder
-
-    return load_encoder("local-dir:" + str(world_tiny_clip_dir), device="cpu")
+    return world_encoder
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +160,7 @@ def test_tiny_vlm_answers_held_out_questions(vlm):
 def test_tiny_vlm_answers_colour_of_blue_square(vlm):
     import random
 
-    from tests.world.generate import make_sample
+    from ui.demo.world import make_sample
 
     rng = random.Random(11)
     hits = sum(vlm.answer([make_sample(rng, colour="blue", shape="square", count=1).image],

@@ -8,4 +8,5 @@ Packages and modules:
     context   settings → encoder → collection wiring shared by the CLI and the API
     output    JSON/text output and escaping of names for one-line display
     progress  tqdm progress bars for long runs
+    demo      synthetic photo libraries and tiny models made offline (the demo, bench/ and tests/ use them)
 """

@@ -7,6 +7,7 @@ default setting applies only to a new collection.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from indexer.core.spec import EncoderSpec
 
 if TYPE_CHECKING:
     from indexer.encode.encoders import Encoder
+
+log = logging.getLogger(__name__)
 
 
 def encoder_choice(settings: Settings) -> tuple[str, str | None]:
@@ -88,19 +91,47 @@ def load_checked_encoder(coll: Collection, settings: Settings) -> "Encoder":
     return encoder
 
 
-def ensure_fast_text_path(coll: Collection, load: Callable[[], "Encoder"]) -> str:
-    """Export the collection's text tower once per encoder (writer only). The encoder is loaded only
-    when the export is missing or stale; returns "ready", or why text searches use the full model."""
-    from retrieval.search.text_tower import TextTowerError, text_tower_is_current
-    from retrieval.search.text_tower_export import ensure_text_tower
+def ensure_fast_text_path(coll: Collection, settings: Settings, load: Callable[[], "Encoder"]) -> dict[str, Any]:
+    """Make the collection's fast text path ready or on its way (writer only); ``{"state", "why"}`` with
+    state ready, pending (exporting in the background), failed or missing (see :mod:`retrieval.search.text_tower_job`).
 
-    if text_tower_is_current(coll.path, coll.spec.id):
-        return "ready"
-    try:
-        ensure_text_tower(coll.path, load())
-        return "ready"
-    except TextTowerError as exc:
-        return f"not exported ({exc}); text searches use the full model"
+    ``text_tower_export="background"`` (the default) loads nothing here: the export, when this user's cache
+    does not already hold it, runs in a low-priority child after the run; ``"inline"`` exports now with the
+    run's own encoder (loaded only if the export is missing)."""
+    from retrieval.search.text_tower_job import background_supported, export_state, start_export
+
+    state = export_state(coll.path, coll.spec.id)
+    if state["state"] == "ready":
+        return state
+    if settings.text_tower_export == "background" and background_supported():
+        model, pretrained = encoder_choice(settings)
+        state = start_export(coll.path, coll.spec.id, model, pretrained)
+    else:
+        from retrieval.search.text_tower import TextTowerError
+        from retrieval.search.text_tower_export import ensure_text_tower
+
+        try:
+            ensure_text_tower(coll.path, load())
+            state = {"state": "ready", "why": "exported by this run"}
+        except TextTowerError as exc:
+            state = {"state": "failed", "why": str(exc)}
+    if state["state"] == "failed":
+        log.warning("the fast text path is not available: %s; text searches use the full model, and the next "
+                    "index or reindex tries again", state["why"])
+    elif state.get("previous"):
+        log.warning("the last text-tower export failed (%s); trying again", state["previous"])
+    return state
+
+
+def fast_text_path_line(state: dict[str, Any]) -> str:
+    """The run summary's line about the fast text path."""
+    if state["state"] == "ready":
+        return f"fast text path: ready ({state['why']})"
+    if state["state"] == "pending":
+        return "fast text path: " + state["why"]
+    retry = f" (the last export failed: {state['previous']})" if state.get("previous") else ""
+    return (f"warning: fast text path not available: {state['why']}{retry}; text searches use the full model; "
+            "the next index or reindex tries again")
 
 
 def ingest_hook() -> Callable[..., Any]:

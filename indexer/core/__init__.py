@@ -7,4 +7,5 @@ Modules:
     vectors   the stored vector format (float16 bytes) and L2-normalisation
     atomic    atomic file writes (temp file, fsync, replace)
     progress  the progress callback type of long runs
+    storage_errors  a read-only or full disk, in whatever shape it arrives, as one StorageError
 """

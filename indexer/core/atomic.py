@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ def atomic_write_via_path(path: str | os.PathLike[str], write_to: Callable[[str]
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        write_to(tmp)
+        _write_reporting_full_disk(write_to, tmp, target)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -35,6 +36,20 @@ def atomic_write_via_path(path: str | os.PathLike[str], write_to: Callable[[str]
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_reporting_full_disk(write_to: Callable[[str], None], name: str, target: Path) -> None:
+    """``write_to(name)``; a full disk that a writer reports only in its message (faiss's ``RuntimeError``
+    quotes ``strerror``) becomes the ``OSError`` it is, naming ``target``, so it is reported as a full disk."""
+    try:
+        write_to(name)
+    except OSError:
+        raise
+    except Exception as exc:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(code) in str(exc):
+                raise OSError(code, os.strerror(code), str(target)) from exc
+        raise
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

@@ -4,6 +4,7 @@
 * :class:`InputError` — a bad user input (query, filter, template, label, image, option);
   also a ``ValueError`` so pure functions keep the usual Python contract.
 * :class:`ConfigError` — bad configuration or environment (model, collection, settings).
+* :class:`StorageError` — the disk under the collection is read-only or full.
 * :class:`WriterBusyError` — another process holds the collection's writer lock.
 
 Anything else escaping a command is a bug: a traceback and exit code 1.
@@ -54,6 +55,11 @@ class EncoderMismatchError(ConfigError):
 
 class CollectionError(ConfigError):
     """The collection is missing, unreadable or of an unsupported format."""
+
+
+class StorageError(ConfigError):
+    """The collection's storage refused a write: read-only, not permitted, or full (the message says which path,
+    how far the work got and what to do; see :mod:`indexer.core.storage_errors`)."""
 
 
 class WriterBusyError(PhotodexError):

@@ -41,12 +41,14 @@ class IndexerSettings(BaseSettings):
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # image tower numerics; auto: a probed faster CPU path (indexer.encode.precision) or CUDA autocast
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     batch_size: int = Field(default=64, ge=1, le=65536)
     workers: int = Field(default_factory=_default_workers, ge=0, le=256)
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    index_nice: int | None = Field(default=None, ge=0, le=19)  # index runs' nice; None: 10 if a server holds it
 
     @field_validator("collection", mode="before")
     @classmethod

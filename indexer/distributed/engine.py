@@ -25,6 +25,7 @@ once per window: keep windows large, and larger on fast clusters (docs/scaling.m
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -268,6 +269,7 @@ def _run_window(coll: "Collection", items: list[tuple[int, bytes]], recipe: Call
                 progress: "Progress | None", total: int) -> None:
     """One pipeline over one window of pending photos, committing each streamed batch."""
     from ..encode.run import _commit_batch
+    from ..encode.precision_record import check_mixable
 
     seen: set[int] = set()  # a retried batch repeats rows of this pipeline only
     ds = build_dataset(items, coll.spec, recipe, batch_size, max_image_pixels, options)
@@ -275,7 +277,14 @@ def _run_window(coll: "Collection", items: list[tuple[int, bytes]], recipe: Call
         batch, vectors = _commit_rows(out, seen)
         if not batch["ids"] and not batch["errors"]:
             continue
+        committed = set(batch["ids"])
+        made_by = [str(label) for pid, label in zip(out["id"], out.get("precision", ())) if int(pid) in committed]
+        for label in set(made_by) - {""}:
+            check_mixable(json.loads(label))  # an unchecked precision never reaches the catalog
         _commit_batch(coll, batch, vectors, on_commit)
+        for label in made_by:
+            if label:
+                report.precisions[label] = report.precisions.get(label, 0) + 1
         seen.update(batch["ids"])
         seen.update(pid for pid, _ in batch["errors"])
         for photo_id, reason in batch["errors"]:

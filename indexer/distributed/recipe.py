@@ -38,10 +38,9 @@ class EncoderRecipe:
     @classmethod
     def like(cls, encoder: Any) -> "EncoderRecipe":
         """The recipe that rebuilds an already loaded encoder in another process: same weights,
-        same device kind, same precision."""
-        import torch
-
-        dtype = getattr(encoder, "autocast_dtype", None)
-        precision = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "auto")
+        same device kind, same precision: the one the encoder settled on (forced there, so it is checked
+        against fp32 again but never chosen differently by the speed probe)."""
+        choice = getattr(encoder, "precision", None)
+        precision = getattr(choice, "precision", "fp32")
         device = "cpu" if getattr(encoder, "device", "cpu") == "cpu" else "auto"
         return cls(encoder.spec.model, encoder.spec.pretrained, device, precision)

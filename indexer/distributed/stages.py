@@ -208,5 +208,8 @@ class EncodeActor:
         if ok:
             device = self.encoder.device
             vectors[ok] = self.encoder.encode_images(torch.stack([tensors[i].to(device) for i in ok]))
+        choice = getattr(self.encoder, "precision", None)  # what made these vectors, recorded by the driver
+        label = json.dumps(choice.to_dict(), sort_keys=True) if choice is not None else ""
         return {"id": np.asarray(batch["id"], np.int64), "ok": kind != KIND_ERROR,
-                "error": np.array(errors, object), "facts": batch["facts"], "vector": vectors}
+                "error": np.array(errors, object), "facts": batch["facts"], "vector": vectors,
+                "precision": np.array([label] * len(kind), object)}

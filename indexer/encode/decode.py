@@ -15,7 +15,7 @@ go through LibRaw (``rawpy``, the ``raw`` extra; imported only when a RAW is dec
   stream LibRaw reads), ``width``/``height`` are the full RAW's as displayed, EXIF facts come from
   the RAW's own TIFF directories where it has them (DNG, CR2, NEF, ARW, ORF, RW2, PEF, ...), then
   from the preview's EXIF, then LibRaw's timestamp; what none of them has stays None;
-* the decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) applies to the RAW's pixel count
+* the decompression-bomb limit (:func:`set_max_image_pixels`) applies to the RAW's pixel count
   before anything is unpacked; every LibRaw failure, and a missing ``rawpy``, is a
   :class:`DecodeError` with the reason.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import struct
 import sys
 import warnings
@@ -175,6 +176,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# ---- the decompression-bomb limit -----------------------------------------------------------------
+
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # PHOTODEX_MAX_IMAGE_PIXELS's default
+_PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")  # Pillow's "Image size (N pixels) exceeds limit of ..."
+
+
+def set_max_image_pixels(limit: int) -> None:
+    """Make ``limit`` this process's one decompression-bomb limit (``PHOTODEX_MAX_IMAGE_PIXELS``).
+
+    Pillow keeps it in ``Image.MAX_IMAGE_PIXELS``: past it Pillow only warns (photodex's decoders turn the
+    warning into a refusal), past twice it Pillow raises; either way :func:`bomb_reason` names ``limit``.
+    Every process that decodes sets it from its settings (CLI, API, decode workers)."""
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def bomb_pixels(exc: BaseException) -> int | None:
+    """The pixel count a decompression-bomb warning or error reports (None if it does not say)."""
+    found = _PIXELS_IN_MESSAGE.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def bomb_reason(exc: BaseException) -> str:
+    """One message for an image past the limit, whichever of Pillow's two thresholds (or the RAW check) hit."""
+    pixels = bomb_pixels(exc)
+    return (f"image too large (decompression-bomb guard): {f'{pixels} pixels' if pixels else 'too many pixels'}, "
+            f"over the limit of {Image.MAX_IMAGE_PIXELS} pixels (PHOTODEX_MAX_IMAGE_PIXELS)")
+
+
 _FILE_PROBLEMS = (FileNotFoundError, PermissionError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
@@ -184,7 +213,7 @@ def _file_problem(exc: BaseException) -> str:
         return "file vanished before it could be read"
     if isinstance(exc, PermissionError):
         return "permission denied"
-    return f"image too large (decompression-bomb guard): {exc}"
+    return bomb_reason(exc)
 
 
 def decode_photo(path: bytes | str | os.PathLike[str] | BinaryIO, target_size: int | None = None, *,

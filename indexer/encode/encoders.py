@@ -5,6 +5,7 @@ Every vector that leaves this module is float32 and L2-normalised, so inner prod
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -18,13 +19,11 @@ from PIL import Image
 
 from ..core.errors import EncoderLoadError
 from ..core.spec import EncoderSpec, fingerprint_path
+from .model_load import LOCAL_DIR_WEIGHTS, create_model
+from .precision import Candidate, PrecisionChoice, check_precision, choose_cpu_precision, cuda_choice, probe_pixels
 
 log = logging.getLogger(__name__)
 
-LOCAL_DIR_WEIGHTS = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
-)
 HOW_TO_SUPPLY_WEIGHTS = (
     "download the weights once on a machine with internet access and pass them with "
     "--pretrained /path/to/weights.safetensors (or --model local-dir:/path/to/folder holding "
@@ -56,13 +55,6 @@ def resolve_device(requested: str = "auto") -> tuple[str, str]:
     return "cpu", f"auto: using CPU because {why}"
 
 
-def _autocast_dtype(device: str, precision: str) -> torch.dtype | None:
-    """Autocast dtype on CUDA: bf16 when asked for, fp16 otherwise (``auto``/``fp16``); none on CPU or fp32."""
-    if device != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def _is_local_path(value: str | None) -> bool:
     return bool(value) and Path(str(value)).expanduser().exists()
 
@@ -80,21 +72,41 @@ class Encoder:
         self,
         model: torch.nn.Module,
         preprocess: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor] | None,
         spec: EncoderSpec,
         device: str = "cpu",
         autocast_dtype: torch.dtype | None = None,
         text_cache_size: int = 4096,
+        tokenizer_factory: Callable[[], Callable[[list[str]], torch.Tensor]] | None = None,
+        precision: PrecisionChoice | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocess
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._tokenizer_factory = tokenizer_factory
         self.spec = spec
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.precision = precision or PrecisionChoice("fp32", device=device, reason="built as fp32")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_size = text_cache_size
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
+        """The tokenizer, built on first use (~0.25 s for CLIP's BPE: an indexing run never needs it)."""
+        if self._tokenizer is None:
+            with self._tokenizer_lock:
+                if self._tokenizer is None and self._tokenizer_factory is not None:
+                    self._tokenizer = self._tokenizer_factory()
+        if self._tokenizer is None:
+            raise AttributeError("this encoder has no tokenizer")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
+        self._tokenizer = tokenizer
 
     @property
     def logit_scale(self) -> float:
@@ -152,11 +164,24 @@ class Encoder:
         return np.stack([known[t] for t in texts])
 
 
+def _embed_dim(model: torch.nn.Module) -> int:
+    """Width of ``encode_text``'s output. Read off the text projection's shape where there is one (CLIP, and
+    CustomTextCLIP's TextTransformer), so building an encoder for indexing never reads the text tower's
+    weights; otherwise from a forward pass."""
+    for owner in (model, getattr(model, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if isinstance(proj, torch.nn.Linear):
+            return int(proj.out_features)
+        if isinstance(proj, torch.Tensor) and proj.ndim == 2:
+            return int(proj.shape[-1])
+    with torch.inference_mode():
+        return int(model.encode_text(torch.zeros(1, _context_length(model), dtype=torch.long)).shape[-1])
+
+
 def _build_spec(model_name: str, pretrained: str | None, model: torch.nn.Module) -> EncoderSpec:
     preprocess = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
-    with torch.inference_mode():
-        dim = int(model.encode_text(torch.zeros(1, _context_length(model), dtype=torch.long)).shape[-1])
+    dim = _embed_dim(model)
     fingerprint = ""
     if model_name.startswith("local-dir:"):
         fingerprint = fingerprint_path(Path(model_name[len("local-dir:"):]).expanduser())
@@ -174,11 +199,16 @@ def load_encoder(
     pretrained: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    candidates: Sequence[Candidate] | None = None,
 ) -> Encoder:
-    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy."""
+    """Load an open_clip encoder; any failure becomes one :class:`EncoderLoadError` with a remedy.
+
+    ``precision`` (auto, fp32, bf16, fp16, int8) is settled by :mod:`indexer.encode.precision`: on the CPU from
+    ``candidates`` (default: the ones photodex knows) and a cached probe, on CUDA by autocast."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    check_precision(precision)
     dev, why = resolve_device(device)
     log.info("encoder device: %s (%s)", dev, why)
     if model.startswith("local-dir:"):
@@ -197,9 +227,7 @@ def load_encoder(
     if not pretrained and not model.startswith(("local-dir:", "hf-hub:")):
         log.warning("no pretrained weights for %s: using a seeded random init (useful for tests and benchmarks only)", model)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same random model in every process, so queries match the index
-            net = open_clip.create_model(model, pretrained=pretrained, device="cpu", require_pretrained=bool(pretrained))
+        net = create_model(model, pretrained, require_pretrained=bool(pretrained))
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/FileNotFoundError/HF errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(". Available:")[0][:400]
@@ -211,5 +239,11 @@ def load_encoder(
     spec = _build_spec(model, pretrained, net)
     net = net.to(dev)
     preprocess = image_transform_v2(PreprocessCfg(**getattr(net.visual, "preprocess_cfg", {})), is_train=False)
-    tokenizer = open_clip.get_tokenizer(model)
-    return Encoder(net, preprocess, tokenizer, spec, dev, _autocast_dtype(dev, precision))
+    tokenizer_factory = functools.partial(open_clip.get_tokenizer, model)
+    if dev == "cpu":
+        size = spec.preprocess.get("size", 224)
+        size = int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+        choice = choose_cpu_precision(net, spec.id, precision, lambda: probe_pixels(preprocess, size), candidates)
+        return Encoder(net, preprocess, None, spec, dev, None, tokenizer_factory=tokenizer_factory, precision=choice)
+    choice, dtype = cuda_choice(precision, dev)
+    return Encoder(net, preprocess, None, spec, dev, dtype, tokenizer_factory=tokenizer_factory, precision=choice)

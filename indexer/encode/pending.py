@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +20,8 @@ class EncodeReport:
     encoded: int = 0
     errors: int = 0
     seconds: float = 0.0
+    # Ray runs: photos encoded per precision (a PrecisionChoice as JSON; each actor settles its own); not in to_dict
+    precisions: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def photos_per_second(self) -> float:
@@ -27,6 +29,7 @@ class EncodeReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("precisions")
         d["photos_per_second"] = round(self.photos_per_second, 2)
         d["seconds"] = round(self.seconds, 3)
         return d

@@ -22,8 +22,9 @@ from sqlalchemy import update
 from torch.utils.data import DataLoader, Dataset
 
 from ..catalog.models import ERROR, INDEXED, Embedding, Photo
+from ..child_processes import prepare_forks
 from ..collection import Collection
-from .decode import DecodeError, PhotoFacts, decode_photo, register_heif
+from .decode import DecodeError, PhotoFacts, decode_photo, register_heif, set_max_image_pixels
 from .encoders import Encoder
 from .pending import BatchHook, EncodeReport, pending_count, pending_items  # noqa: F401 - re-exported
 from ..core.progress import Progress
@@ -69,7 +70,7 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, PhotoFacts | None, str 
 
 def configure_decoding(max_image_pixels: int, _worker_id: int | None = None) -> None:
     """Per-process decoder set-up: the bomb limit and HEIC support (DataLoader ``worker_init_fn``)."""
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    set_max_image_pixels(max_image_pixels)
     register_heif()
 
 
@@ -78,6 +79,8 @@ def make_loader(items: list[tuple[int, bytes]], encoder: Encoder, batch_size: in
     dataset = PhotoDataset(items, encoder.preprocess, encoder.image_size)
     if workers == 0:
         configure_decoding(max_image_pixels)  # decoding happens in this process
+    else:
+        prepare_forks()  # the workers (forks) keep no listening socket or lock file and die with this process
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,6 +1,6 @@
 """Image files encoded as ``photodex index`` encodes them, cached per encoder + file so a run resumes.
 
-The decode/preprocess/encode path is the index's own (:func:`indexer.encode_run.make_loader`: the
+The decode/preprocess/encode path is the index's own (:func:`indexer.encode.run.make_loader`: the
 same decoder with its JPEG draft scaling, EXIF turn and bomb guard, the same DataLoader workers and
 batches), so an evaluation figure describes what search over an indexed library will do.
 

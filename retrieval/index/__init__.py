@@ -10,6 +10,7 @@ Modules:
     recall        exact k-NN ground truth and recall@k
     state         which index file is current (index/state.json), readable without faiss
     store         the collection's index file: refreshed by the writer, opened by readers
+    loader        a server's view of the index, kept current off the request path
     sharded       one index per photo-id range, every shard searched, top-k merged exactly
     settings      the index's settings part (PHOTODEX_INDEX_SHARDS)
 """

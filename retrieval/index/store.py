@@ -215,6 +215,7 @@ class SearchableIndex:
     delta_vecs: np.ndarray
     gone: np.ndarray
     generation: int
+    version: str | None = None  # the index version ``base`` is (:func:`~.state.index_version`)
 
     def __post_init__(self) -> None:
         base_ids = self.base.ids if self.base is not None else np.zeros(0, np.int64)
@@ -294,7 +295,7 @@ def _complete(base: Base) -> bool:
     return not isinstance(base, ShardedIndex) or base.complete
 
 
-def _load_base(coll: Collection, state: dict[str, Any], reuse: Base | None = None) -> Base | None:
+def load_base(coll: Collection, state: dict[str, Any], reuse: Base | None = None) -> Base | None:
     """Load and verify the index version ``state`` names; None (logged) when it is unusable.
 
     ``reuse``: an index already loaded; the shards of a sharded version that are the same files
@@ -369,7 +370,7 @@ def _load_in_background(key: str, coll: Collection, state: dict[str, Any], reuse
 
     def work() -> None:
         try:
-            base = _load_base(coll, state, reuse)
+            base = load_base(coll, state, reuse)
             with _cache_lock:
                 _loaded[key] = (version, base)
         finally:
@@ -377,6 +378,39 @@ def _load_in_background(key: str, coll: Collection, state: dict[str, Any], reuse
                 _loading.discard(key)
 
     threading.Thread(target=work, name="photodex-index-load", daemon=True).start()
+
+
+def clear_cache() -> None:
+    """Forget every index view and background load this process holds: the next ``open_index`` of each
+    collection reads its index file again (after a collection's files were changed behind this process's back)."""
+    with _cache_lock:
+        _cache.clear()
+        _loaded.clear()
+
+
+def with_delta(coll: Collection, base: Base | None, base_current: bool, generation: int,
+               previous: SearchableIndex | None = None, version: str | None = None) -> SearchableIndex:
+    """The complete view at ``generation``: ``base`` plus an exact scan of the vectors committed after it
+    (minus the photos removed since). ``base_current``: ``base`` is the version built at ``generation``
+    (then nothing is read when it is complete); ``previous``: a view whose delta over the same base is
+    reused, so only vectors committed since it are read."""
+    if base is not None and base_current and _complete(base):
+        return SearchableIndex(coll.dim, base, np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32),
+                               np.zeros(0, np.int64), generation, version)
+    ids = coll.vector_ids()
+    have = base.ids if base is not None else np.zeros(0, np.int64)
+    new_ids, gone = np.setdiff1d(ids, have), np.setdiff1d(have, ids)
+    known_ids, known_vecs = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32)
+    if previous is not None and previous.base is base and len(previous.delta_ids):  # keep the delta already read
+        keep = np.isin(previous.delta_ids, new_ids)
+        known_ids, known_vecs = previous.delta_ids[keep], previous.delta_vecs[keep]
+    to_read = np.setdiff1d(new_ids, known_ids)
+    read_ids, read_vecs = coll.load_vectors(to_read) if len(to_read) else (to_read, known_vecs[:0])
+    delta_ids = np.concatenate([known_ids, read_ids])
+    delta_vecs = np.concatenate([known_vecs, read_vecs])
+    if len(delta_ids):
+        log.info("searching %d vectors committed after the index file exactly", len(delta_ids))
+    return SearchableIndex(coll.dim, base, delta_ids, delta_vecs, gone, generation, version)
 
 
 def open_index(coll: Collection) -> SearchableIndex:
@@ -408,26 +442,11 @@ def open_index(coll: Collection) -> SearchableIndex:
         _load_in_background(key, coll, state, hit[1].base)
         base, base_name = hit[1].base, hit[0][0]  # meanwhile: the version we have + an exact delta
     elif version is not None:
-        base, base_name = _load_base(coll, state), version
+        base, base_name = load_base(coll, state), version
     else:
         log.info("no index file yet: searching every stored vector exactly")
-    if base is not None and base_name == ident[0] and state.get("generation") == generation and _complete(base):
-        delta_ids, delta_vecs, gone = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32), np.zeros(0, np.int64)
-    else:
-        ids = coll.vector_ids()
-        have = base.ids if base is not None else np.zeros(0, np.int64)
-        new_ids, gone = np.setdiff1d(ids, have), np.setdiff1d(have, ids)
-        known_ids, known_vecs = np.zeros(0, np.int64), np.zeros((0, coll.dim), np.float32)
-        if hit and hit[1].base is base and len(hit[1].delta_ids):  # keep the delta already read
-            keep = np.isin(hit[1].delta_ids, new_ids)
-            known_ids, known_vecs = hit[1].delta_ids[keep], hit[1].delta_vecs[keep]
-        to_read = np.setdiff1d(new_ids, known_ids)
-        read_ids, read_vecs = coll.load_vectors(to_read) if len(to_read) else (to_read, known_vecs[:0])
-        delta_ids = np.concatenate([known_ids, read_ids])
-        delta_vecs = np.concatenate([known_vecs, read_vecs])
-        if len(delta_ids):
-            log.info("searching %d vectors committed after the index file exactly", len(delta_ids))
-    view = SearchableIndex(coll.dim, base, delta_ids, delta_vecs, gone, generation)
+    view = with_delta(coll, base, base_name == ident[0] and state.get("generation") == generation, generation,
+                      hit[1] if hit else None, base_name if base is not None else None)
     with _cache_lock:
         _cache[key] = ((base_name, generation), view)
     return view

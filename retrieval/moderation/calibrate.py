@@ -26,7 +26,7 @@ from indexer.core.errors import ConfigError, InputError
 from indexer.sync.scan import ScanProblem, scan
 
 from .policy import Concept
-from .service import ImageEncoder, check_encoder
+from .service import ImageEncoder, check_encoder, unknown_ids_error
 from .store import PolicyRecord, save_policy, utcnow
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _vectors(coll: Collection, record: PolicyRecord, examples: Examples, encoder
         got, vecs = coll.vectors_in_order(np.asarray(examples.ids, np.int64))
         missing = sorted(set(examples.ids) - set(got.tolist()))
         if missing:
-            raise InputError(f"photo id(s) {', '.join(map(str, missing))} not in the collection (or without a vector)")
+            raise unknown_ids_error(missing)
         parts.append(vecs)
     files = examples.files() if examples.paths else []
     if files:

@@ -46,6 +46,16 @@ def decide_vectors(record: PolicyRecord, vectors: np.ndarray, sources: Sequence[
     return [explain_row(compiled, arrays, i, src, record.version, ids[i]) for i, src in enumerate(sources)]
 
 
+SHOWN_IDS = 10  # a request may name 100k ids: its error names their count and only the first few
+
+
+def unknown_ids_error(missing: Sequence[int]) -> InputError:
+    """The error for photo ids without a stored vector, bounded in size: the count and the first :data:`SHOWN_IDS`."""
+    shown = ", ".join(map(str, missing[:SHOWN_IDS])) + (", ..." if len(missing) > SHOWN_IDS else "")
+    what = f"{len(missing)} photo ids" if len(missing) > 1 else "photo id"
+    return InputError(f"{what} not in the collection (or without a vector): {shown}")
+
+
 def moderate_ids(coll: Collection, record: PolicyRecord, photo_ids: Sequence[int]) -> list[Decision]:
     """Decisions for catalogued photos from their stored vectors (no model needed)."""
     if record.encoder != coll.spec.id:
@@ -55,7 +65,7 @@ def moderate_ids(coll: Collection, record: PolicyRecord, photo_ids: Sequence[int
     got, vecs = coll.vectors_in_order(wanted)
     missing = sorted(set(wanted.tolist()) - set(got.tolist()))
     if missing:
-        raise InputError(f"photo id(s) {', '.join(map(str, missing))} not in the collection (or without a vector)")
+        raise unknown_ids_error(missing)
     return decide_vectors(record, vecs, [f"id:{i}" for i in got.tolist()], got.tolist())
 
 

@@ -11,5 +11,7 @@ Modules:
     query_cache        the on-disk cache of recent query vectors
     text_tower         the exported text tower's format and its ONNX Runtime loader (no torch)
     tokenizer          torch-free tokenizers equal to open_clip's (CLIP BPE, HF tokenizers)
-    text_tower_export  exporting and checking the text tower (torch side; the index run's writer calls it)
+    text_tower_export  exporting and checking the text tower (torch side), once per user (cache), installed per collection
+    text_tower_job     that export in a low-priority child after an index run; its ready/pending/failed state
+    settings           the text tower's settings (PHOTODEX_TEXT_TOWER_EXPORT)
 """

@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -106,10 +107,14 @@ class TextEncoder(Protocol):
 class Searcher:
     """Text and image search over one collection with its own encoder."""
 
-    def __init__(self, coll: Collection, encoder: "Encoder | TextEncoder") -> None:
+    def __init__(self, coll: Collection, encoder: "Encoder | TextEncoder",
+                 index: Callable[[], SearchableIndex] | None = None) -> None:
+        """``index``: where each search gets its view (default :func:`open_index`, which catches up on the
+        caller's thread; a server passes :meth:`retrieval.index.loader.IndexLoader.current`)."""
         coll.check_encoder(encoder.spec)
         self.coll = coll
         self.encoder = encoder
+        self._index = index
 
     # ---- query vectors -------------------------------------------------------------------
     def text_vector(self, text: str) -> np.ndarray:
@@ -240,7 +245,7 @@ class Searcher:
 
     def _scope(self, options: SearchOptions) -> tuple[SearchableIndex, np.ndarray | None, int]:
         """The current index, the ids a search may return (None: all) and how many photos that is."""
-        index = open_index(self.coll)
+        index = self._index() if self._index is not None else open_index(self.coll)
         allowed = self._allowed(index, options)
         return index, allowed, len(index) if allowed is None else len(allowed)
 

@@ -1,7 +1,9 @@
 """Exporting a collection's text tower to ONNX (torch side): the writer calls this, searches only load it.
 
 :func:`ensure_text_tower` exports from a loaded :class:`indexer.encode.encoders.Encoder` (torch) when the export is
-missing, was made for another encoder spec, or fails its checksums; every export is checked before it is
+missing, was made for another encoder spec, or fails its checksums — once per user and encoder, into
+:func:`user_cache_folder`, from where :func:`install_text_tower` hard-links it into each collection (an index run
+does this in a low-priority child process: :mod:`retrieval.search.text_tower_job`); every export is checked before it is
 committed (token ids equal to the encoder's tokenizer, embeddings within 1e-4 of the fp32 model on CPU, 1e-3 on
 a GPU), and a model whose text tower does not export raises :class:`TextTowerExportError` so the caller keeps
 using the full model. The format and the loader are in :mod:`retrieval.search.text_tower`. Export of ViT-B-32
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +41,7 @@ from .text_tower import (
     SIDECAR,
     WEIGHTS_FILE,
     TextTower,
+    TextTowerCorruptError,
     TextTowerError,
     TextTowerExportError,
     TextTowerMismatchError,
@@ -304,20 +308,69 @@ def _collection_spec_id(collection_path: Path) -> str | None:
         return None
 
 
-def ensure_text_tower(collection_path: str | os.PathLike[str], encoder: Encoder) -> Path:
-    """The collection's text tower folder, (re-)exported from ``encoder`` when missing, stale or corrupt.
+def user_cache_folder(spec_id: str) -> Path:
+    """Where this user keeps the export of encoder ``spec_id`` for every collection that uses it:
+    ``$XDG_CACHE_HOME/photodex/text_towers/<sha256 of the spec id>/`` (``~/.cache`` without XDG)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "photodex" / "text_towers" / hashlib.sha256(spec_id.encode()).hexdigest()[:16]
 
-    Raises :class:`TextTowerMismatchError` when the collection was built with another encoder,
-    :class:`TextTowerExportError` when this encoder's tower cannot be exported, and :class:`TextTowerError` when
-    the folder cannot be written; in every case keep using the full model.
-    """
-    root = Path(collection_path).expanduser()
-    recorded = _collection_spec_id(root)
-    if recorded is not None and recorded != encoder.spec.id:
-        raise TextTowerMismatchError(
-            f"collection {root} was built with encoder {recorded!r}; "
-            f"not exporting the text tower of {encoder.spec.id!r}")
-    folder = text_tower_folder(root)
+
+def _link_or_copy(src: Path, dest: Path) -> bool:
+    """Hard-link ``src`` to ``dest`` (no bytes written); copy across file systems. Whether it copied."""
+    try:
+        os.link(src, dest)
+        return False
+    except OSError:
+        shutil.copyfile(src, dest)
+        return True
+
+
+def install_text_tower(source: str | os.PathLike[str], folder: str | os.PathLike[str], spec_id: str) -> Path:
+    """Put the intact export in ``source`` (the user cache) into ``folder`` (a collection's), hard-linked where
+    both are on one file system; returns ``folder``. torch-free.
+
+    The same commit protocol as an export: files land in a staging folder, which is renamed, and the sidecar
+    written last is the commit point, so a kill at any moment leaves nothing a search would load. Raises
+    :class:`TextTowerError` (source not current, or ``folder`` not writable / full: the reason says which)."""
+    source, folder = Path(source), Path(folder)
+    meta, src_dir = check_export(source, spec_id, "auto")
+    try:
+        with _export_lock(folder):
+            export_id = meta["export_dir"]
+            with contextlib.suppress(TextTowerError):
+                if check_export(folder, spec_id, "auto")[0].get("export_dir") == export_id:
+                    return folder  # installed meanwhile
+            staging, final = folder / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}", folder / export_id
+            staging.mkdir()
+            try:
+                files = {}
+                for name, want in meta["files"].items():
+                    copied = _link_or_copy(src_dir / name, staging / name)  # names checked by check_export
+                    if copied and sha256_file(staging / name) != want["sha256"]:
+                        raise TextTowerCorruptError(f"{src_dir / name} changed while it was copied")
+                    st = (staging / name).stat()
+                    files[name] = {"sha256": want["sha256"], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                _fsync_tree(staging)
+                if final.exists():
+                    shutil.rmtree(final)  # a damaged earlier install of the same export
+                os.replace(staging, final)
+                atomic_write_json(folder / SIDECAR, {**meta, "files": files, "installed_from": str(source)})
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                if read_sidecar_or_none(folder).get("export_dir") != export_id:
+                    shutil.rmtree(final, ignore_errors=True)
+                raise
+            for old in folder.iterdir():
+                if old.is_dir() and old.name != export_id:
+                    shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise TextTowerError(f"cannot write the text tower to {folder}: {exc.strerror or exc}") from exc
+    log.info("text tower of %s installed from %s into %s", spec_id, source, folder)
+    return folder
+
+
+def _ensure_export(folder: Path, encoder: Encoder) -> Path:
+    """``folder`` holding a current export of ``encoder`` (exported now if it does not)."""
     try:
         check_export(folder, encoder.spec.id, "full")
         return folder
@@ -330,4 +383,36 @@ def ensure_text_tower(collection_path: str | os.PathLike[str], encoder: Encoder)
                 return folder
             return _export_locked(encoder, folder)
     except OSError as exc:
-        raise TextTowerError(f"cannot write the text tower to {folder}: {exc}") from exc
+        raise TextTowerError(f"cannot write the text tower to {folder}: {exc.strerror or exc}") from exc
+
+
+def ensure_text_tower(collection_path: str | os.PathLike[str], encoder: Encoder, use_cache: bool = True) -> Path:
+    """The collection's text tower folder, (re-)exported from ``encoder`` when missing, stale or corrupt.
+
+    With ``use_cache`` the export is made once per user in :func:`user_cache_folder` and installed from there
+    (a second collection with the same encoder never exports again); a cache that cannot be written is
+    skipped. Raises :class:`TextTowerMismatchError` when the collection was built with another encoder,
+    :class:`TextTowerExportError` when this encoder's tower cannot be exported, and :class:`TextTowerError` when
+    the folder cannot be written; in every case keep using the full model.
+    """
+    root = Path(collection_path).expanduser()
+    recorded = _collection_spec_id(root)
+    if recorded is not None and recorded != encoder.spec.id:
+        raise TextTowerMismatchError(
+            f"collection {root} was built with encoder {recorded!r}; "
+            f"not exporting the text tower of {encoder.spec.id!r}")
+    folder = text_tower_folder(root)
+    with contextlib.suppress(TextTowerError):
+        check_export(folder, encoder.spec.id, "full")
+        return folder
+    if use_cache:
+        cache = user_cache_folder(encoder.spec.id)
+        try:
+            _ensure_export(cache, encoder)
+        except TextTowerExportError:
+            raise
+        except TextTowerError as exc:
+            log.info("user cache not used (%s); exporting into the collection", exc)
+        else:
+            return install_text_tower(cache, folder, encoder.spec.id)
+    return _ensure_export(folder, encoder)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.world.generate import COLOURS, SHAPES, captions_for, make_sample
+from ui.demo.world import COLOURS, SHAPES, captions_for, make_sample
 
 SPLIT_SIZES = {"test": 20, "val": 8, "train": 8}
 CAPTIONS_PER_IMAGE = 5

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.world.generate import IMAGE_SIZE, captions_for, generate_samples
+from ui.demo.world import IMAGE_SIZE, captions_for, generate_samples
 
 logger = logging.getLogger(__name__)
 

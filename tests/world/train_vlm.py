@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.world.generate import IMAGE_SIZE, WorldSample, generate_samples, world_corpus
+from ui.demo.world import IMAGE_SIZE, WorldSample, generate_samples, world_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _yes_no_rows(samples: list[WorldSample]) -> tuple[list[tuple[int, str, str]]
     Hard negatives change exactly one attribute: same colour / other shape, same shape / other
     colour, and ``is there a {other shape}?``.  Unsafe (skull) samples are left out.
     """
-    from tests.world.generate import COLOURS, SHAPES
+    from ui.demo.world import COLOURS, SHAPES
 
     pos: list[tuple[int, str, str]] = []
     neg: list[tuple[int, str, str]] = []
@@ -186,7 +186,7 @@ def pretrain_vision(model: Any, pixels: Any, samples: list[WorldSample], *, step
     import torch
     import torch.nn.functional as F
 
-    from tests.world.generate import (
+    from ui.demo.world import (
         COLOURS,
         POSITIONS,
         SHAPES,

@@ -11,7 +11,9 @@ Modules:
     moderation_schemas  response models of the moderation routes (pydantic only: the web UI reads them)
     ask_schemas         response models of the ask route (likewise)
     security    API keys: create, list, revoke, verify (sha256 in the catalog, constant-time compare)
-    runtime     what a running API holds: collection, warm encoder (calls serialised), searcher, jobs
+    runtime     what a running API holds: collection, warm encoder (calls batched), index view, searcher, jobs
+    batcher     encoder calls of concurrent requests gathered into shared model calls
+    workpool    the encoder routes' own thread pool (cheap routes never queue behind them)
     jobs        index jobs in background threads holding the writer lock; library-root allow-list
     uploads     upload checks: bytes (413), not an image (415), pixels (422)
     metrics     Prometheus registry and the per-route request/latency middleware

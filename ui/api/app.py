@@ -1,8 +1,9 @@
 """The FastAPI app: :func:`create_app` wires settings, lifespan, routers, errors, CORS and metrics.
 
 The lifespan opens the collection, loads and warms the encoder and opens the search index (in a
-worker thread), and closes everything at shutdown. Model and database work runs in FastAPI's
-thread pool (``def`` endpoints), never on the event loop; encoder calls are serialised.
+worker thread), and closes everything at shutdown. Model and database work runs in worker threads,
+never on the event loop: routes that need the encoder in their own pool (:mod:`.workpool`), the
+others in FastAPI's; concurrent encoder calls are batched (:mod:`.batcher`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None, *, encoder_loader: EncoderLoade
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.encoder_limiter = anyio.CapacityLimiter(settings.api_encoder_threads)  # ui.api.workpool
         runtime = await run_in_threadpool(open_runtime, settings, metrics, encoder_loader, index_runner)
         app.state.runtime = runtime
         try:

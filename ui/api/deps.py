@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from indexer.collection import Collection
@@ -28,25 +29,29 @@ api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                           "makes one with `photodex apikey create`)")
 
 
-def get_runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise ApiError(503, "not_ready", "the API is starting or stopping")
     return runtime
 
 
+async def get_runtime(request: Request) -> Runtime:
+    return _runtime(request)
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_collection(runtime: RuntimeDep) -> Collection:
+async def get_collection(runtime: RuntimeDep) -> Collection:
     return runtime.collection
 
 
-def get_searcher(runtime: RuntimeDep) -> Searcher:
+async def get_searcher(runtime: RuntimeDep) -> Searcher:
     return runtime.searcher
 
 
@@ -80,7 +85,7 @@ def _principal(request: Request, key: str | None, scope: str) -> Principal:
     if not key:
         raise _refused(request, "missing_key", f"this route needs an API key of scope {scope} in the {API_KEY_HEADER} "
                        "header (the server's operator makes one with `photodex apikey create`)")
-    principal = verify_api_key(get_runtime(request).collection.catalog, key)
+    principal = verify_api_key(_runtime(request).collection.catalog, key)
     if principal is None:
         raise _refused(request, "unknown_key", "unknown or revoked API key")
     return principal
@@ -97,13 +102,26 @@ def _require(scope: str, only_if_reads_protected: bool = False):  # noqa: ANN202
         return principal
 
     check.__name__ = f"require_{scope}"
+    check.reads_only = only_if_reads_protected  # type: ignore[attr-defined]
     return check
+
+
+def _dependency(check):  # noqa: ANN001, ANN202 - an async dependency around a check
+    async def dependency(request: Request, key: ApiKeyDep) -> Principal | None:
+        if check.reads_only and not reads_protected(request):
+            return None  # no thread hop when reads are open
+        return await run_in_threadpool(check, request, key)  # a catalog read
+
+    dependency.__name__ = check.__name__
+    return dependency
 
 
 require_read = _require("read", only_if_reads_protected=True)
 require_write = _require("write")
 require_admin = _require("admin")
 
-ReadAccess = Depends(require_read)
-WriteAccess = Depends(require_write)
-AdminAccess = Depends(require_admin)
+# async: FastAPI runs a plain ``def`` dependency in the shared thread pool, so under load every request
+# would queue there several times before its route even starts (issue 20.4)
+ReadAccess = Depends(_dependency(require_read))
+WriteAccess = Depends(_dependency(require_write))
+AdminAccess = Depends(_dependency(require_admin))

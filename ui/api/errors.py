@@ -4,7 +4,8 @@ Mapping (once, here): :class:`ApiError` → its status; photodex's error family
 (:mod:`indexer.core.errors`), worded for HTTP clients (``for_http``: no CLI flags): ``WriterBusyError`` → 409
 ``writer_busy`` with ``Retry-After`` (and the index job holding the writer, when one does),
 ``DecodeError`` → 422 ``undecodable_image``,
-``InputError`` → 422 ``invalid_input``, ``ConfigError`` → 500 ``config_error``; HTTP errors (404,
+``InputError`` → 422 ``invalid_input``, ``StorageError`` → 507 ``storage_unavailable``,
+``ConfigError`` → 500 ``config_error``; HTTP errors (404,
 405, 413, ...) → their status; request validation → 422 ``validation_error`` (400 ``invalid_json``
 for a body that is not JSON); anything else → 500 ``internal_error``, logged with its traceback
 and never shown to the client.
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import NoMatchFound
 
 from indexer.encode.decode import DecodeError
-from indexer.core.errors import ConfigError, InputError, PhotodexError, WriterBusyError
+from indexer.core.errors import ConfigError, InputError, PhotodexError, StorageError, WriterBusyError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ WRITER_BUSY_RETRY_S = 10  # Retry-After of a 409 writer_busy: a guess, an index 
 
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-         422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "not_ready"}
+         422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "not_ready",
+         507: "insufficient_storage"}
 
 
 class ApiError(Exception):
@@ -64,6 +66,8 @@ def _photodex_status(exc: PhotodexError) -> tuple[int, str]:
         return 422, "undecodable_image"
     if isinstance(exc, InputError):
         return 422, "invalid_input"
+    if isinstance(exc, StorageError):
+        return 507, "storage_unavailable"  # the server's disk is full or read-only: not the client's fault, not a bug
     if isinstance(exc, ConfigError):
         return 500, "config_error"
     return 400, "bad_request"

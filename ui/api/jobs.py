@@ -88,7 +88,9 @@ class JobManager:
     """Starts, tracks and cancels this process's index jobs."""
 
     def __init__(self, coll: "Collection", encoder: Any, settings: "Settings", metrics: "Metrics | None" = None,
-                 runner: Runner | None = None) -> None:
+                 runner: Runner | None = None, after_index: Callable[[], Any] | None = None) -> None:
+        """``after_index``: called once a job's index is refreshed, before it reports success (the
+        server's index loader catches up there, so a finished job's photos are searchable)."""
         from indexer.run import index_paths
 
         self.coll = coll
@@ -96,6 +98,7 @@ class JobManager:
         self.settings = settings
         self.metrics = metrics
         self.runner = runner or index_paths
+        self.after_index = after_index
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -108,7 +111,8 @@ class JobManager:
         options = RunOptions(batch_size=self.settings.batch_size, workers=self.settings.workers,
                              max_image_pixels=self.settings.max_image_pixels, include=self.settings.include,
                              exclude=self.settings.exclude, retry_errors=retry_errors, on_commit=ingest_hook(),
-                             allowed_roots=self.settings.api_library_roots)  # what the scan reaches, too
+                             allowed_roots=self.settings.api_library_roots,  # what the scan reaches, too
+                             nice=self.settings.index_nice, nice_scope="thread")  # yield to this server's requests
         job.thread = threading.Thread(target=self._run, args=(job, lock, options), name=f"index-job-{job.id[:8]}",
                                       daemon=True)
         with self._lock:
@@ -140,6 +144,8 @@ class JobManager:
                 raise JobCancelled()
             job.phase = "index"
             index = refresh_index(self.coll, shards=self.settings.index_shards)
+            if self.after_index is not None:
+                self.after_index()
             job.summary = {**(summary.to_dict() if hasattr(summary, "to_dict") else {}), "index": index}
             job.status = "succeeded"
         except JobCancelled:

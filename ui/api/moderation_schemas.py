@@ -7,7 +7,7 @@ the keys of the domain object's ``to_dict()`` it is validated from (``tests/test
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -106,6 +106,30 @@ class ModerationDecisionOut(BaseModel):
     photo_id: int | None
     error: str | None = None
     hits: list[str]
+
+
+class ModerationItemError(BaseModel):
+    code: str = Field(description="as in the error shape: unsupported_media_type, undecodable_image, ...")
+    message: str
+    detail: Any = None
+
+
+class ModerationItemOut(BaseModel):
+    """One image of a multi-image ``POST /moderate``: its decision, or why it has none."""
+
+    index: int = Field(description="position of the image among the `files` parts")
+    filename: str | None
+    status: int = Field(description="what a single-image request would have answered: 200, 413, 415 or 422")
+    decision: ModerationDecisionOut | None
+    error: ModerationItemError | None = None
+
+
+class ModerationBatchOut(BaseModel):
+    """One entry per uploaded image, in the order given; one bad image fails only its own entry."""
+
+    count: int
+    decided: int = Field(description="images with a decision (status 200)")
+    results: list[ModerationItemOut]
 
 
 class StoredDecisionOut(BaseModel):

@@ -1,4 +1,4 @@
-"""What the running API holds: the open collection, the warm encoder (its calls serialised), the searcher.
+"""What the running API holds: the open collection, the warm encoder (its calls batched), the searcher.
 
 Built by the app's lifespan (:func:`open_runtime`) in a worker thread and closed at shutdown.
 """
@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.collection import Collection
+from indexer.encode.decode import set_max_image_pixels
+from indexer.priority import ServingMark
+from retrieval.index.loader import IndexLoader, one_blas_thread
 from ui.settings import Settings
-from retrieval.index.store import open_index
 from retrieval.search.searcher import Searcher
 
+from .batcher import EncoderBatcher
 from .jobs import JobManager, Runner
 from .metrics import Metrics
 
@@ -66,10 +69,12 @@ class Runtime:
 
     settings: Settings
     collection: Collection
-    encoder: LockedEncoder
+    encoder: EncoderBatcher | LockedEncoder
     searcher: Searcher
     jobs: JobManager
     metrics: Metrics
+    index: IndexLoader
+    serving: ServingMark
     _classifiers: "OrderedDict[tuple[tuple[str, ...], str], ZeroShotClassifier]" = field(default_factory=OrderedDict)
     _classifiers_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,6 +97,10 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.shutdown()
+        self.index.close()
+        self.serving.close()
+        if isinstance(self.encoder, EncoderBatcher):
+            self.encoder.close()
         self.collection.close()
 
 
@@ -105,17 +114,27 @@ def open_runtime(settings: Settings, metrics: Metrics, encoder_loader: EncoderLo
                  index_runner: Runner | None = None) -> Runtime:
     """Open the collection, load and warm the encoder, open the search index (blocking: run in a thread)."""
     start = time.perf_counter()
+    set_max_image_pixels(settings.max_image_pixels)  # the limit decode workers use, for uploads too
+    one_blas_thread()  # requests run concurrently: each one's small products on one thread
     coll = Collection.open(settings.collection, settings.database_url)
+    encoder: EncoderBatcher | LockedEncoder | None = None
+    index: IndexLoader | None = None
     try:
         raw = (encoder_loader or default_encoder_loader)(settings)
         coll.check_encoder(raw.spec)
-        encoder = LockedEncoder(raw, metrics)
+        encoder = (EncoderBatcher(raw, settings.api_batch_window_ms / 1e3, max_batch=settings.batch_size,
+                                  metrics=metrics) if settings.api_encoder_batching else LockedEncoder(raw, metrics))
         encoder.encode_texts(["a photo"])  # warm: the first request pays no lazy initialisation
-        open_index(coll)
-        searcher = Searcher(coll, encoder)  # type: ignore[arg-type]
-        jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner)
+        index = IndexLoader(coll)  # searches take its ready view; it catches up in the background
+        searcher = Searcher(coll, encoder, index=index.current)  # type: ignore[arg-type]
+        jobs = JobManager(coll, encoder, settings, metrics, runner=index_runner, after_index=index.refresh)
+        serving = ServingMark(coll.path)  # index runs on this collection now yield the CPU (indexer.priority)
     except BaseException:
+        if index is not None:
+            index.close()
+        if isinstance(encoder, EncoderBatcher):
+            encoder.close()
         coll.close()
         raise
     log.info("API ready: collection %s, encoder %s (%.1fs)", coll.path, raw.spec.id, time.perf_counter() - start)
-    return Runtime(settings, coll, encoder, searcher, jobs, metrics)
+    return Runtime(settings, coll, encoder, searcher, jobs, metrics, index, serving)

@@ -24,3 +24,6 @@ class ApiSettings(BaseSettings):
     api_max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)  # largest request body (413 beyond)
     api_max_upload_pixels: int = Field(default=50_000_000, ge=1)  # largest uploaded image (422 beyond)
     api_cors_origins: list[str] = Field(default_factory=list)  # CORS off unless origins are listed
+    api_encoder_batching: bool = True  # gather concurrent requests' encoder work into shared model calls
+    api_batch_window_ms: float = Field(default=2.0, ge=0, le=1000)  # how long a batch waits for more requests
+    api_encoder_threads: int = Field(default=16, ge=1, le=1024)  # requests doing encoder work at once

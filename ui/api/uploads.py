@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.encode.decode import RAWPY_MISSING, DecodeError, camera_raw_format, camera_raw_size
+from indexer.encode.decode import RAWPY_MISSING, DecodeError, bomb_pixels, camera_raw_format, camera_raw_size
 
 from .errors import ApiError, error_response
 
@@ -34,22 +34,28 @@ def read_upload(upload: UploadFile, max_bytes: int, max_pixels: int) -> bytes:
     if not buf:
         raise ApiError(422, "empty_upload", "the uploaded file is empty")
     data = bytes(buf)
-    width, height = _camera_raw_size(data, upload) or _image_size(data, upload)
+    width, height = _camera_raw_size(data, upload) or _image_size(data, upload, max_pixels)
     if width * height > max_pixels:
         raise ApiError(422, "too_many_pixels", f"image has {width}x{height} pixels; the limit is {max_pixels}",
                        {"width": width, "height": height, "max_pixels": max_pixels})
     return data
 
 
-def _image_size(data: bytes, upload: UploadFile) -> tuple[int, int]:
+def _image_size(data: bytes, upload: UploadFile, max_pixels: int) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:  # reads the header only
                 return img.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except UnidentifiedImageError:
         raise ApiError(415, "unsupported_media_type", "the upload is not an image in a supported format",
                        {"content_type": upload.content_type}) from None
+    except Image.DecompressionBombError as exc:  # past twice the bomb limit, Pillow will not even say its size
+        pixels = bomb_pixels(exc)
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        raise ApiError(422, "too_many_pixels",
+                       f"image has {pixels or 'too many'} pixels; the limit is {limit}",
+                       {"width": None, "height": None, "pixels": pixels, "max_pixels": limit}) from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure is a bad upload
         raise ApiError(422, "undecodable_image", f"cannot read the image header: {type(exc).__name__}") from None
 

@@ -12,7 +12,7 @@ from .common import EXIT_OK, Subparsers, open_collection, settings_from, shared_
 
 def cmd_index(args: argparse.Namespace) -> int:
     from indexer.run import RunOptions, check_roots, index_paths
-    from retrieval.index.store import refresh_index
+    from indexer.core.storage_errors import storage_refusals
     from ui.context import ensure_fast_text_path, ingest_hook, open_for_indexing
     from ui.progress import TqdmProgress
 
@@ -31,6 +31,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray=_ray_options(args, settings) if args.engine == "ray" else None,
             follow_external_symlinks=args.follow_external_symlinks,
+            nice=_nice(args, settings),
         )
         progress = TqdmProgress(enabled=None if not args.json else False)
         try:
@@ -38,8 +39,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         data = summary.to_dict()
-        data["index"] = refresh_index(coll, shards=_shards(args, settings))
-        data["text_tower"] = ensure_fast_text_path(coll, load)
+        from retrieval.index.store import refresh_index  # faiss: not needed before the vectors are in
+
+        kept = (f"the catalog holds all {summary.stats['photos']} photos and {summary.stats['vectors']} vectors; "
+                "only the search index file was not saved (searches stay complete meanwhile)")
+        with storage_refusals(context=kept):
+            data["index"] = refresh_index(coll, shards=_shards(args, settings))
+        data["text_tower"] = ensure_fast_text_path(coll, settings, load)
     emit(data, args.json, _index_text)
     return EXIT_OK
 
@@ -47,6 +53,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _shards(args: argparse.Namespace, settings: Any) -> int | None:
     """--shards, else PHOTODEX_INDEX_SHARDS, else None (keep the collection's index layout)."""
     return args.shards if args.shards is not None else settings.index_shards
+
+
+def _nice(args: argparse.Namespace, settings: Any) -> int | None:
+    """--nice, else PHOTODEX_INDEX_NICE, else None (10 when a server holds the collection, else 0)."""
+    return args.nice if args.nice is not None else settings.index_nice
+
+
+def _add_nice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nice", type=int, choices=range(20), metavar="N",
+                   help="lower this run's CPU priority by N (0-19; default: $PHOTODEX_INDEX_NICE, else 10 when "
+                        "`photodex serve` holds the collection on this machine, else 0)")
 
 
 def _shard_count(text: str) -> int:
@@ -74,6 +91,8 @@ def _ray_options(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def _index_text(d: dict[str, Any]) -> str:
+    from ui.context import fast_text_path_line
+
     s, e, c = d["sync"], d["encode"], d["collection"]
     lines = [
         f"scanned {s['scanned']} files: {s['unchanged']} unchanged, {s['new_photos']} new photos, "
@@ -87,24 +106,29 @@ def _index_text(d: dict[str, Any]) -> str:
         f"{e['errors'] + s['file_errors']} skipped with errors (see `photodex info --errors`)",
         f"collection {printable(c['collection'])}: {c['photos']} photos, {c['vectors']} vectors, {c['errors']} errors",
         f"index: {d['index']['action']} ({d['index']['factory']}, {d['index']['vectors']} vectors)",
+        fast_text_path_line(d["text_tower"]),
     ]
     return "\n".join(lines)
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     from retrieval.index.store import refresh_index
-    from ui.context import ensure_fast_text_path, load_checked_encoder
+    from ui.context import ensure_fast_text_path, fast_text_path_line, load_checked_encoder
+
+    from indexer.priority import yield_cpu
 
     settings = settings_from(args)
     with open_collection(settings) as coll, coll.writer_lock().acquire(wait=args.wait):
+        yield_cpu(coll.path, _nice(args, settings))
         result = refresh_index(coll, force_rebuild=args.force, shards=_shards(args, settings))
-        result["text_tower"] = ensure_fast_text_path(coll, lambda: load_checked_encoder(coll, settings))
+        result["text_tower"] = ensure_fast_text_path(coll, settings, lambda: load_checked_encoder(coll, settings))
     emit(result, args.json, lambda r: f"index {r['action']}: {r['factory']}, {r['vectors']} vectors"
-         + (f" in {len(r['files'])} shards" if r.get("files") else ""))
+         + (f" in {len(r['files'])} shards" if r.get("files") else "") + "\n" + fast_text_path_line(r["text_tower"]))
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from retrieval.search.text_tower_job import export_state
     from retrieval.index.state import index_state
 
     settings = settings_from(args)
@@ -116,10 +140,21 @@ def cmd_info(args: argparse.Namespace) -> int:
             return EXIT_OK
         stats = coll.stats()
         stats["index"] = index_state(coll) or None
+        stats["text_tower"] = export_state(coll.path, coll.spec.id)
         stats["encoder_spec"] = coll.manifest["encoder"]
-    emit(stats, args.json,
-         lambda d: "\n".join(f"{k}: {printable(str(v))}" for k, v in d.items() if k != "encoder_spec"))
+    emit(stats, args.json, _info_text)
     return EXIT_OK
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    from indexer.encode.precision_record import precision_text
+
+    def value(k: str, v: Any) -> str:
+        if k == "text_tower":
+            return f"{v['state']} ({v['why']})"
+        return precision_text(v) if k == "precision" else str(v)
+
+    return "\n".join(f"{k}: {printable(value(k, v))}" for k, v in d.items() if k != "encoder_spec")
 
 
 def register(sub: Subparsers) -> None:
@@ -143,6 +178,7 @@ def register(sub: Subparsers) -> None:
     g.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
                    help="decode JPEGs with nvJPEG in the encode actors (auto: when they have GPUs)")
     _add_shards(p)
+    _add_nice(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("reindex", help="bring the search index file up to date (or --force a rebuild)",
@@ -150,6 +186,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--force", action="store_true", help="rebuild from the stored vectors even if up to date")
     p.add_argument("--wait", action="store_true", help="wait for another writer instead of refusing")
     _add_shards(p)
+    _add_nice(p)
     p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("info", parents=shared_options(), help="what the collection holds")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from indexer.core.errors import InputError
 from retrieval.classify.tagging import list_tags
@@ -13,7 +13,9 @@ from retrieval.classify.templates import list_template_sets
 from ..deps import ReadAccess, RuntimeDep
 from ..errors import responses
 from ..schemas import ClassifyResponse, LabelScore, TagCount
+from ..runtime import Runtime
 from ..uploads import read_upload
+from ..workpool import run_encoder_work
 from .search import _require_photo
 
 router = APIRouter(tags=["classify"], dependencies=[ReadAccess])
@@ -32,8 +34,9 @@ def _labels(raw: list[str]) -> list[str]:
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=responses(401, 403, 404, 413, 415, 422))
-def classify(
+async def classify(
     runtime: RuntimeDep,
+    request: Request,
     labels: Annotated[list[str], Form(description="class names, repeated or comma-separated")],
     file: Annotated[UploadFile | None, File(description="an image to classify (or give photo_id)")] = None,
     photo_id: Annotated[int | None, Form(ge=1, le=2**62, description="a catalogued photo (or upload a file)")] = None,
@@ -41,6 +44,11 @@ def classify(
     k: Annotated[int, Form(ge=1, le=100)] = 5,
 ) -> ClassifyResponse:
     """Zero-shot labels of an uploaded image or a catalogued photo (its stored vector; no file is read)."""
+    return await run_encoder_work(request, _classify, runtime, labels, file, photo_id, templates, k)
+
+
+def _classify(runtime: Runtime, labels: list[str], file: UploadFile | None, photo_id: int | None, templates: str,
+              k: int) -> ClassifyResponse:
     if (file is None) == (photo_id is None):
         raise InputError("give either a file or a photo_id")
     if templates not in list_template_sets():  # a set name only: never a server-side file path

@@ -13,10 +13,13 @@ The response models are in :mod:`ui.api.moderation_schemas` (plain pydantic, sha
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import select
@@ -24,31 +27,41 @@ from sqlalchemy import select
 from indexer.catalog.models import ModerationPolicy
 from indexer.collection import Collection
 from indexer.core.errors import EncoderMismatchError, InputError
+from indexer.encode.decode import DecodeError, decode_photo
 from retrieval.classify.templates import list_template_sets
 from retrieval.moderation.calibrate import Examples, calibrate_concept
 from retrieval.moderation.history import list_decisions
 from retrieval.moderation.policy import MAX_CONCEPTS, Concept, Policy, parse_policy
 from retrieval.moderation.rescan import rescan
-from retrieval.moderation.service import moderate_bytes, moderate_ids
+from retrieval.moderation.service import check_encoder, decide_vectors, moderate_bytes, moderate_ids
 from retrieval.moderation.store import PolicyRecord, activate_policy, get_policy, list_policies, save_policy
 
 from ..deps import ApiKeyDep, ReadAccess, RuntimeDep, WriteAccess, require_write
 from ..errors import ApiError, responses
+from ..batcher import encode_each
 from ..moderation_schemas import (
     CalibrationOut,
     DecisionPage,
+    ModerationBatchOut,
     ModerationDecisionOut,
+    ModerationItemError,
+    ModerationItemOut,
     Outcome,
     PolicyVersionOut,
     RescanReportOut,
     StoredDecisionOut,
 )
+from ..runtime import Runtime
 from ..uploads import read_upload
+from ..workpool import run_encoder_work
 from .search import _require_photo
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["moderation"], dependencies=[ReadAccess])
 
 MAX_EXAMPLES = 100_000
+MAX_MODERATE_FILES = 32  # images in one multi-image POST /moderate (all within the request body limit)
 MAX_PAGE = 1000
 PhotoIdInt = Annotated[int, Field(ge=1, le=2**62)]
 PolicyName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -160,21 +173,37 @@ def _version_out(record: PolicyRecord, curves: bool = False) -> PolicyVersionOut
 
 
 # ---- routes -------------------------------------------------------------------------------------
-@router.post("/moderate", response_model=ModerationDecisionOut, summary="Moderate",
+@router.post("/moderate", response_model=ModerationDecisionOut | ModerationBatchOut, summary="Moderate",
              responses=responses(401, 403, 404, 413, 415, 422))
-def moderate(
+async def moderate(
     runtime: RuntimeDep,
-    file: Annotated[UploadFile | None, File(description="an image to check (or give photo_id)")] = None,
+    request: Request,
+    file: Annotated[UploadFile | None, File(description="an image to check (or give files or photo_id)")] = None,
+    files: Annotated[list[UploadFile] | None, File(
+        description=f"several images to check at once (at most {MAX_MODERATE_FILES}); the answer has one entry "
+                    "per image, and an image that cannot be read fails only its own entry")] = None,
     photo_id: Annotated[int | None, Form(ge=1, le=2**62, description="a catalogued photo (or upload a file)")] = None,
     policy: Annotated[str | None, Form(min_length=1, max_length=64, description="default: the active policy")] = None,
     version: Annotated[int | None, Form(ge=1, le=2**31, description="default: the newest of `policy`")] = None,
-) -> ModerationDecisionOut:
-    """Every concept's score, threshold, margin and level, and the resulting action; nothing is stored."""
-    if (file is None) == (photo_id is None):
-        raise InputError("give either a file or a photo_id")
+) -> ModerationDecisionOut | ModerationBatchOut:
+    """Every concept's score, threshold, margin and level, and the resulting action; nothing is stored.
+
+    One image (``file``) or photo (``photo_id``) gets one decision; several images (``files``, repeated)
+    get a ``results`` list with one entry per image, in order."""
+    return await run_encoder_work(request, _moderate, runtime, file, files, photo_id, policy, version)
+
+
+def _moderate(runtime: Runtime, file: UploadFile | None, files: list[UploadFile] | None, photo_id: int | None,
+              policy: str | None, version: int | None) -> ModerationDecisionOut | ModerationBatchOut:
+    if sum(x is not None for x in (file, files, photo_id)) != 1:
+        raise InputError("give one of file, files or photo_id")
+    if files is not None and not 1 <= len(files) <= MAX_MODERATE_FILES:
+        raise InputError(f"give between 1 and {MAX_MODERATE_FILES} files, got {len(files)}")
     coll = runtime.collection
     record = _record(coll, policy, version)
     with _same_encoder():
+        if files is not None:
+            return _moderate_many(runtime, record, files)
         if photo_id is not None:
             _require_photo(runtime, photo_id)
             decision = moderate_ids(coll, record, [photo_id])[0]
@@ -184,6 +213,42 @@ def moderate(
             data = read_upload(file, s.api_max_upload_bytes, s.api_max_upload_pixels)
             decision = moderate_bytes(record, runtime.encoder, data)  # type: ignore[arg-type]
     return ModerationDecisionOut.model_validate(decision.to_dict())
+
+
+def _moderate_many(runtime: Runtime, record: PolicyRecord, files: list[UploadFile]) -> ModerationBatchOut:
+    """Each image checked and decoded on its own; the decodable ones encoded together (one batch)."""
+    check_encoder(record, runtime.encoder)  # type: ignore[arg-type]
+    s = runtime.settings
+    items: list[ModerationItemOut | None] = [None] * len(files)
+    images, at = [], []
+
+    def failed(i: int, status: int, code: str, message: str, detail: object = None) -> None:
+        items[i] = ModerationItemOut(index=i, filename=files[i].filename, status=status, decision=None,
+                                     error=ModerationItemError(code=code, message=message, detail=detail))
+
+    for i, upload in enumerate(files):
+        try:
+            data = read_upload(upload, s.api_max_upload_bytes, s.api_max_upload_pixels)
+            images.append(decode_photo(io.BytesIO(data), runtime.encoder.image_size)[0])  # type: ignore[arg-type]
+            at.append(i)
+        except ApiError as exc:
+            failed(i, exc.status, exc.code, exc.message, exc.detail)
+        except DecodeError as exc:
+            failed(i, 422, "undecodable_image", f"cannot read the image: {exc}")
+    good: list[tuple[int, np.ndarray]] = []
+    for i, row in zip(at, encode_each(runtime.encoder, "image", images)):
+        if isinstance(row, Exception):
+            log.error("encoding image %d of a /moderate request failed", i, exc_info=row)
+            failed(i, 500, "internal_error", "internal server error (logged on the server)")
+        else:
+            good.append((i, row))
+    if good:
+        decided = decide_vectors(record, np.stack([row for _, row in good]), ["upload"] * len(good))
+        for (i, _), decision in zip(good, decided):
+            items[i] = ModerationItemOut(index=i, filename=files[i].filename, status=200,
+                                         decision=ModerationDecisionOut.model_validate(decision.to_dict()))
+    results = [x for x in items if x is not None]
+    return ModerationBatchOut(count=len(results), decided=len(good), results=results)
 
 
 @router.get("/policies", response_model=list[PolicyVersionOut], summary="List policy versions",

@@ -6,7 +6,7 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from sqlalchemy import select
 
 from indexer.catalog.models import Photo
@@ -20,6 +20,7 @@ from ..errors import not_found, responses
 from ..runtime import Runtime
 from ..schemas import MAX_K, SearchFiltersIn, SearchHitOut, SearchRequest, SearchResponse
 from ..uploads import read_upload
+from ..workpool import run_encoder_work
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
@@ -62,8 +63,12 @@ def _require_photo(runtime: Runtime, photo_id: int) -> None:
 
 
 @router.post("/search", response_model=SearchResponse, responses=responses(400, 401, 403, 413, 422))
-def search(body: SearchRequest, runtime: RuntimeDep) -> SearchResponse:
+async def search(body: SearchRequest, runtime: RuntimeDep, request: Request) -> SearchResponse:
     """Photos best matching a text query, with filters, minimum score, pagination and near-duplicate collapse."""
+    return await run_encoder_work(request, _search_text, body, runtime)
+
+
+def _search_text(body: SearchRequest, runtime: Runtime) -> SearchResponse:
     params = SearchParams(nprobe=body.params.nprobe, ef_search=body.params.ef_search) if body.params else None
     options = SearchOptions(k=body.k, offset=body.offset, min_score=body.min_score, filters=filters_from(body.filters),
                             collapse=body.collapse, params=params).validate()
@@ -76,8 +81,9 @@ def search(body: SearchRequest, runtime: RuntimeDep) -> SearchResponse:
 
 
 @router.post("/search/image", response_model=SearchResponse, responses=responses(401, 403, 413, 415, 422))
-def search_image(
+async def search_image(
     runtime: RuntimeDep,
+    request: Request,
     file: Annotated[UploadFile, File(description="the query image")],
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
@@ -87,11 +93,14 @@ def search_image(
     filter: Annotated[list[str], Form(max_length=32, description="KEY=VALUE filters")] = [],  # noqa: A002,B006
 ) -> SearchResponse:
     """Photos most similar to an uploaded image."""
-    s = runtime.settings
-    data = read_upload(file, s.api_max_upload_bytes, s.api_max_upload_pixels)
-    options = SearchOptions(k=k, offset=offset, min_score=min_score, filters=parse_filters(filter),
-                            collapse=None if no_collapse else collapse).validate()
-    return _respond(runtime, runtime.searcher.image_vector(data=data), options)
+    def work() -> SearchResponse:
+        s = runtime.settings
+        data = read_upload(file, s.api_max_upload_bytes, s.api_max_upload_pixels)
+        options = SearchOptions(k=k, offset=offset, min_score=min_score, filters=parse_filters(filter),
+                                collapse=None if no_collapse else collapse).validate()
+        return _respond(runtime, runtime.searcher.image_vector(data=data), options)
+
+    return await run_encoder_work(request, work)
 
 
 @router.get("/photos/{photo_id}/similar", response_model=SearchResponse, responses=responses(401, 403, 404, 422))
