@@ -13,7 +13,7 @@
 # with `docker rmi photodex:smoke photodex-smoke-base:bookworm && docker builder prune -f`.
 # Exit status: 0 passed; 77 no Docker engine can run here (the reason is printed); anything else failed.
 # Environment: PHOTODEX_SMOKE_IMAGE, PHOTODEX_SMOKE_BASE (tags), PHOTODEX_SMOKE_TORCH_INDEX (default: pip's own
-# configured index, i.e. PyPI's CUDA build of torch; see README "Docker"), PHOTODEX_SMOKE_STATE (logs),
+# configured index, i.e. PyPI's CUDA build of torch; see docs/docker.md), PHOTODEX_SMOKE_STATE (logs),
 # DEBIAN_MIRROR, DOCKER (client binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
